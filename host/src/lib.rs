@@ -1,0 +1,10 @@
+//! busbar: an event router. Events arrive over HTTP, rules written in the Amazon
+//! EventBridge pattern language pick them up, and sandboxed WebAssembly
+//! components handle them.
+//!
+//! The modules follow the path of one event:
+//! `ingest` -> `bus` -> `pattern`/`rules` -> `dispatch` -> `runtime`.
+
+pub mod event;
+pub mod pattern;
+pub mod runtime;

@@ -1,0 +1,1 @@
+//! The EventBridge pattern language: parse and validate, compile, match.

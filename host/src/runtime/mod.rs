@@ -1,0 +1,1 @@
+//! The wasmtime host: engine, plugin registry, manifests, limits, host imports, hot reload.
