@@ -7,4 +7,5 @@
 
 pub mod event;
 pub mod pattern;
+pub mod rules;
 pub mod runtime;

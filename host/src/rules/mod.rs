@@ -1,0 +1,143 @@
+//! Rules and targets: what a rule is, where rules come from (the config file,
+//! hot-reloaded, and the API, persisted), and how a target's input is shaped.
+
+pub mod transform;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub use transform::{InputTransformer, TransformError};
+
+/// A rule: on one bus, a pattern, and the targets that get every matching event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    pub name: String,
+    pub bus: String,
+    /// The event pattern as JSON text (validated when the rule is stored).
+    pub pattern: String,
+    pub state: RuleState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub targets: Vec<Target>,
+    /// Where the rule came from: rules from the config file are replaced on reload,
+    /// rules from the API persist in the store.
+    #[serde(default)]
+    pub origin: RuleOrigin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RuleState {
+    #[default]
+    Enabled,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleOrigin {
+    #[default]
+    Api,
+    Config,
+}
+
+/// A target of a rule: a plugin, how its input is shaped, how failures are retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    /// Unique within the rule.
+    pub id: String,
+    /// The plugin's name: the stem of `NAME.wasm` in the plugins directory.
+    pub plugin: String,
+    /// Constant JSON text delivered as `detail` instead of the event's (EventBridge `Input`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// A JSONPath into the event whose value is delivered as `detail` (EventBridge `InputPath`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_transformer: Option<InputTransformer>,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Whether deliveries that exhaust their retries go to the dead-letter queue
+    /// (true) or are dropped with a log line (false).
+    #[serde(default = "yes")]
+    pub dead_letter: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// EventBridge's RetryPolicy plus the backoff shape busbar uses between attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (EventBridge MaximumRetryAttempts, 0–185).
+    pub max_retry_attempts: u32,
+    /// Deliveries older than this are dead-lettered (MaximumEventAgeInSeconds, 60–86,400).
+    pub max_event_age_secs: u64,
+    /// First backoff; doubles per attempt, with full jitter, up to `max_backoff_ms`.
+    #[serde(default = "default_base_backoff")]
+    pub base_backoff_ms: u64,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_ms: u64,
+}
+
+fn default_base_backoff() -> u64 {
+    100
+}
+
+fn default_max_backoff() -> u64 {
+    60_000
+}
+
+impl Default for RetryPolicy {
+    /// EventBridge's defaults: 185 retries over up to 24 hours.
+    fn default() -> Self {
+        RetryPolicy {
+            max_retry_attempts: 185,
+            max_event_age_secs: 86_400,
+            base_backoff_ms: default_base_backoff(),
+            max_backoff_ms: default_max_backoff(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Checks the EventBridge bounds; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_retry_attempts > 185 {
+            return Err(format!(
+                "MaximumRetryAttempts must be between 0 and 185, got {}",
+                self.max_retry_attempts
+            ));
+        }
+        if !(60..=86_400).contains(&self.max_event_age_secs) {
+            return Err(format!(
+                "MaximumEventAgeInSeconds must be between 60 and 86400, got {}",
+                self.max_event_age_secs
+            ));
+        }
+        if self.base_backoff_ms == 0 || self.max_backoff_ms < self.base_backoff_ms {
+            return Err("backoff must satisfy 0 < base_backoff_ms <= max_backoff_ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// A named event bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BusInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// RFC 3339 creation time.
+    pub created: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The key of one delivery queue: a (rule, target) on a bus.
+pub fn queue_key(bus: &str, rule: &str, target: &str) -> String {
+    format!("{bus}/{rule}/{target}")
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the external programs the integration tests talk to: Debian's
+# nats-server (for the JetStream tests) and, from PyPI into .tools/venv, the
+# real awscli and boto3 (for the EventBridge API tests). Idempotent.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+
+if ! command -v nats-server >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "nats-server is missing; install it with: sudo apt-get install nats-server" >&2
+        exit 1
+    fi
+    echo "== installing nats-server (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+fi
+
+venv="$root/.tools/venv"
+if [ ! -x "$venv/bin/aws" ] || ! "$venv/bin/python" -c "import boto3" 2>/dev/null; then
+    echo "== installing awscli and boto3 into .tools/venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "awscli==1.*" "boto3==1.*"
+fi
