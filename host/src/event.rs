@@ -40,7 +40,11 @@ pub struct Event {
     #[serde(rename = "event-bus-name", default = "default_bus")]
     pub bus: String,
     /// Set on events re-published by a replay; such events are not archived again.
-    #[serde(rename = "replay-name", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "replay-name",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub replay_name: Option<String>,
     /// How many plugin hops produced this event (0: published from outside).
     /// Bounds choreography loops.
@@ -217,7 +221,9 @@ impl EventInput {
                     // EventBridge's own API carries detail as a JSON string.
                     input.detail = Some(match v {
                         Value::String(s) => serde_json::from_str(&s).map_err(|e| {
-                            EventError::invalid(format!("{key} is a string but not valid JSON: {e}"))
+                            EventError::invalid(format!(
+                                "{key} is a string but not valid JSON: {e}"
+                            ))
                         })?,
                         other => other,
                     })
@@ -250,7 +256,9 @@ impl EventInput {
 /// DetailType, Detail and each Resource, plus 14 bytes when Time is present
 /// (always, for a stored event).
 pub fn entry_size(event: &Event) -> usize {
-    let detail = serde_json::to_string(&event.detail).map(|s| s.len()).unwrap_or(0);
+    let detail = serde_json::to_string(&event.detail)
+        .map(|s| s.len())
+        .unwrap_or(0);
     event.source.len()
         + event.detail_type.len()
         + detail
@@ -282,7 +290,9 @@ pub fn json_depth(value: &Value) -> usize {
 /// A bus name: 1–256 characters of letters, digits and `.-_/`.
 pub fn validate_bus_name(name: &str) -> Result<String, EventError> {
     if name.is_empty() || name.len() > 256 {
-        return Err(EventError::invalid("event bus name must be 1 to 256 characters"));
+        return Err(EventError::invalid(
+            "event bus name must be 1 to 256 characters",
+        ));
     }
     // EventBridge accepts an ARN wherever a bus name goes; keep the name part.
     let name = name.rsplit(":event-bus/").next().unwrap_or(name);
@@ -318,9 +328,9 @@ fn format_time(t: time::OffsetDateTime) -> String {
 
 /// Parses an RFC 3339 time and writes it back in UTC, second precision.
 pub fn normalize_time(text: &str) -> Result<String, EventError> {
-    parse_time(text)
-        .map(format_time)
-        .map_err(|e| EventError::invalid(format!("time {text:?} is not an RFC 3339 timestamp: {e}")))
+    parse_time(text).map(format_time).map_err(|e| {
+        EventError::invalid(format!("time {text:?} is not an RFC 3339 timestamp: {e}"))
+    })
 }
 
 /// Parses an RFC 3339 timestamp.
@@ -331,7 +341,9 @@ pub fn parse_time(text: &str) -> Result<time::OffsetDateTime, time::error::Parse
 /// Seconds since the Unix epoch of an event's `time` (0 if it does not parse,
 /// which cannot happen for an event that went through [`EventInput::into_event`]).
 pub fn event_epoch_secs(event: &Event) -> i64 {
-    parse_time(&event.time).map(|t| t.unix_timestamp()).unwrap_or(0)
+    parse_time(&event.time)
+        .map(|t| t.unix_timestamp())
+        .unwrap_or(0)
 }
 
 pub fn json_kind(v: &Value) -> &'static str {
@@ -348,7 +360,9 @@ pub fn json_kind(v: &Value) -> &'static str {
 fn required_string(v: Option<String>, field: &str) -> Result<String, EventError> {
     match v {
         None => Err(EventError::invalid(format!("{field} is required"))),
-        Some(s) if s.trim().is_empty() => Err(EventError::invalid(format!("{field} must not be empty"))),
+        Some(s) if s.trim().is_empty() => {
+            Err(EventError::invalid(format!("{field} must not be empty")))
+        }
         Some(s) if s.len() > 256 => Err(EventError::invalid(format!(
             "{field} is {} bytes; the limit is 256",
             s.len()
@@ -476,13 +490,19 @@ mod tests {
         // 3 + 2 + len({"k":"v"})=9 + 2 + 14
         assert_eq!(entry_size(&e), 30);
         let big = "x".repeat(DEFAULT_MAX_ENTRY_BYTES);
-        let err = input(json!({"source": "s", "detail-type": "t", "detail": {"k": big}})).unwrap_err();
+        let err =
+            input(json!({"source": "s", "detail-type": "t", "detail": {"k": big}})).unwrap_err();
         assert_eq!(err.code, "EntryTooLarge");
-        let limits = EventLimits { max_entry_bytes: 20, ..Default::default() };
-        let err = EventInput::from_json(json!({"source": "s", "detail-type": "t", "detail": {"k": "0123456789"}}))
-            .unwrap()
-            .into_event(&limits)
-            .unwrap_err();
+        let limits = EventLimits {
+            max_entry_bytes: 20,
+            ..Default::default()
+        };
+        let err = EventInput::from_json(
+            json!({"source": "s", "detail-type": "t", "detail": {"k": "0123456789"}}),
+        )
+        .unwrap()
+        .into_event(&limits)
+        .unwrap_err();
         assert!(err.message.contains("limit is 20 bytes"), "{err}");
     }
 
@@ -507,15 +527,21 @@ mod tests {
         let e = input(json!({"source": "s", "detail-type": "t", "detail": {}, "time": "2024-03-01T10:00:00+02:00"}))
             .unwrap();
         assert_eq!(e.time, "2024-03-01T08:00:00Z");
-        let err = input(json!({"source": "s", "detail-type": "t", "detail": {}, "time": "yesterday"})).unwrap_err();
+        let err =
+            input(json!({"source": "s", "detail-type": "t", "detail": {}, "time": "yesterday"}))
+                .unwrap_err();
         assert!(err.message.starts_with("time \"yesterday\""), "{err}");
     }
 
     #[test]
     fn unknown_fields_and_bad_bus_names_are_refused() {
-        let err = input(json!({"source": "s", "detail-type": "t", "detail": {}, "detial": {}})).unwrap_err();
+        let err = input(json!({"source": "s", "detail-type": "t", "detail": {}, "detial": {}}))
+            .unwrap_err();
         assert!(err.message.contains("\"detial\""), "{err}");
-        let err = input(json!({"source": "s", "detail-type": "t", "detail": {}, "event-bus-name": "a b"})).unwrap_err();
+        let err = input(
+            json!({"source": "s", "detail-type": "t", "detail": {}, "event-bus-name": "a b"}),
+        )
+        .unwrap_err();
         assert!(err.message.contains("may contain only"), "{err}");
     }
 
@@ -523,7 +549,17 @@ mod tests {
     fn serializes_as_the_eventbridge_envelope() {
         let e = input(json!({"source": "s", "detail-type": "t", "detail": {"x": 1}})).unwrap();
         let v = serde_json::to_value(&e).unwrap();
-        for k in ["version", "id", "detail-type", "source", "account", "time", "region", "resources", "detail"] {
+        for k in [
+            "version",
+            "id",
+            "detail-type",
+            "source",
+            "account",
+            "time",
+            "region",
+            "resources",
+            "detail",
+        ] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         let back: Event = serde_json::from_value(v).unwrap();

@@ -5,7 +5,13 @@
 //! The modules follow the path of one event:
 //! `ingest` -> `bus` -> `pattern`/`rules` -> `dispatch` -> `runtime`.
 
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
 pub mod event;
+pub mod ingest;
+pub mod node;
 pub mod pattern;
 pub mod rules;
 pub mod runtime;

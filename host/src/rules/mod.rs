@@ -1,11 +1,13 @@
 //! Rules and targets: what a rule is, where rules come from (the config file,
 //! hot-reloaded, and the API, persisted), and how a target's input is shaped.
 
+pub mod set;
 pub mod transform;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub use set::{Compiled, RuleError, RuleSet};
 pub use transform::{InputTransformer, TransformError};
 
 /// A rule: on one bus, a pattern, and the targets that get every matching event.
@@ -71,6 +73,7 @@ fn yes() -> bool {
 
 /// EventBridge's RetryPolicy plus the backoff shape busbar uses between attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (EventBridge MaximumRetryAttempts, 0–185).
     pub max_retry_attempts: u32,

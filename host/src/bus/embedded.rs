@@ -1,0 +1,821 @@
+//! The embedded bus: one redb file in the data directory, one node.
+//!
+//! Writes go through a single committer thread. It takes every publish and
+//! settle waiting in its channel, applies them in ONE write transaction, fsyncs
+//! once, and only then answers the callers (group commit). Under load, many
+//! HTTP requests and many finished deliveries share one fsync, which is what
+//! makes durable ingest fast; with one caller it costs one fsync, as it must.
+//!
+//! Delivery queues are mirrored in memory (the table is the truth, read back
+//! at start-up), so handing out a delivery never touches the disk.
+
+use super::*;
+use crate::rules::BusInfo;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use tokio::sync::{Notify, oneshot};
+
+/// Archived events by (time received in ms, sequence number).
+const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
+/// Pending deliveries by (queue key, sequence number).
+const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("deliveries");
+const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// Rules by "bus/name".
+const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
+const BUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("buses");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// The redb file (shared with plugin kv).
+    pub path: PathBuf,
+    /// A publish that would push one queue past this many waiting deliveries is throttled.
+    pub max_queue_backlog: usize,
+    /// The same bound over all queues together.
+    pub max_total_backlog: usize,
+    /// At most this many operations share one commit.
+    pub max_batch: usize,
+}
+
+impl EmbeddedConfig {
+    pub fn new(data_dir: &Path) -> Self {
+        EmbeddedConfig {
+            path: data_dir.join("busbar.redb"),
+            max_queue_backlog: 100_000,
+            max_total_backlog: 1_000_000,
+            max_batch: 4096,
+        }
+    }
+}
+
+type PublishReply = oneshot::Sender<Result<Vec<Result<(), PublishError>>, BusError>>;
+
+enum Op {
+    Publish {
+        events: Vec<Event>,
+        options: PublishOptions,
+        reply: PublishReply,
+    },
+    Settle {
+        delivery: Box<Delivery>,
+        outcome: Settle,
+        reply: oneshot::Sender<Result<(), BusError>>,
+    },
+}
+
+/// One delivery queue's in-memory mirror.
+struct Queue {
+    state: Mutex<QueueState>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Waiting deliveries, earliest due first.
+    ready: BTreeMap<(i64, u64), Delivery>,
+    in_flight: usize,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    config: EmbeddedConfig,
+    router: Arc<dyn Router>,
+    queues: DashMap<String, Arc<Queue>>,
+    total_backlog: AtomicUsize,
+    dead_count: AtomicUsize,
+    seq: AtomicU64,
+    closed: AtomicBool,
+    kv: Arc<dyn crate::runtime::KvBackend>,
+}
+
+/// The single-node bus on redb.
+pub struct EmbeddedBus {
+    inner: Arc<Inner>,
+    ops: mpsc::SyncSender<Op>,
+}
+
+/// What a commit changes in memory once it is durable.
+enum After {
+    Enqueue(Delivery),
+    Release(String),
+    DeadLettered,
+}
+
+impl EmbeddedBus {
+    /// Opens (or creates) the store and starts its committer thread. The router is
+    /// consulted inside each commit to turn events into deliveries.
+    pub fn open(config: EmbeddedConfig, router: Arc<dyn Router>) -> Result<Arc<Self>, BusError> {
+        if let Some(dir) = config.path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| BusError::Store(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let db = Arc::new(Database::create(&config.path).map_err(|e| {
+            BusError::Store(format!("cannot open store {}: {e}", config.path.display()))
+        })?);
+        let kv: Arc<dyn crate::runtime::KvBackend> = Arc::new(
+            crate::runtime::RedbKv::new(db.clone()).map_err(|e| BusError::Store(e.to_string()))?,
+        );
+        let inner = Arc::new(Inner {
+            db,
+            config,
+            router,
+            queues: DashMap::new(),
+            total_backlog: AtomicUsize::new(0),
+            dead_count: AtomicUsize::new(0),
+            seq: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            kv,
+        });
+        inner.recover()?;
+        // Bounded, so a stalled disk pushes back on callers instead of queueing without limit.
+        let (ops, rx) = mpsc::sync_channel(16_384);
+        let committer = inner.clone();
+        std::thread::Builder::new()
+            .name("busbar-commit".into())
+            .spawn(move || committer.commit_loop(rx))
+            .map_err(|e| BusError::Store(format!("cannot start the committer thread: {e}")))?;
+        Ok(Arc::new(EmbeddedBus { inner, ops }))
+    }
+
+    /// The underlying database, for components that keep their own tables in the same file.
+    pub fn database(&self) -> Arc<Database> {
+        self.inner.db.clone()
+    }
+
+    fn send(&self, op: Op) -> Result<(), BusError> {
+        self.ops.send(op).map_err(|_| BusError::Closed)
+    }
+}
+
+impl Inner {
+    /// Creates the tables, restores the sequence counter and refills the in-memory queues.
+    fn recover(&self) -> Result<(), BusError> {
+        let tx = self.db.begin_write()?;
+        {
+            tx.open_table(EVENTS)?;
+            tx.open_table(QUEUE)?;
+            tx.open_table(DEAD)?;
+            tx.open_table(RULES)?;
+            tx.open_table(BUSES)?;
+            tx.open_table(META)?;
+        }
+        tx.commit()?;
+        let rx = self.db.begin_read()?;
+        let meta = rx.open_table(META)?;
+        let seq = meta.get("seq")?.map(|v| v.value()).unwrap_or(0);
+        self.seq.store(seq, Ordering::SeqCst);
+        let dead = rx.open_table(DEAD)?;
+        self.dead_count
+            .store(dead.len()? as usize, Ordering::SeqCst);
+        let queue = rx.open_table(QUEUE)?;
+        let mut n = 0;
+        for row in queue.iter()? {
+            let (_, v) = row?;
+            match serde_json::from_slice::<Delivery>(v.value()) {
+                Ok(d) => {
+                    self.enqueue(d);
+                    n += 1;
+                }
+                Err(e) => tracing::error!(error = %e, "skipping an unreadable delivery record"),
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                deliveries = n,
+                "recovered pending deliveries from the store"
+            );
+        }
+        Ok(())
+    }
+
+    fn queue(&self, key: &str) -> Arc<Queue> {
+        if let Some(q) = self.queues.get(key) {
+            return q.clone();
+        }
+        self.queues
+            .entry(key.to_string())
+            .or_insert_with(|| {
+                Arc::new(Queue {
+                    state: Mutex::new(QueueState::default()),
+                    notify: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    fn enqueue(&self, d: Delivery) {
+        let q = self.queue(&d.queue);
+        q.state.lock().ready.insert((d.due_ms, d.seq), d);
+        self.total_backlog.fetch_add(1, Ordering::Relaxed);
+        q.notify.notify_waiters();
+    }
+
+    fn backlog(&self, key: &str) -> usize {
+        self.queues
+            .get(key)
+            .map(|q| q.state.lock().ready.len())
+            .unwrap_or(0)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn commit_loop(self: Arc<Self>, rx: mpsc::Receiver<Op>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < self.config.max_batch {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch);
+        }
+    }
+
+    fn commit_batch(&self, batch: Vec<Op>) {
+        let mut after = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        let result = (|| -> Result<(), BusError> {
+            let tx = self.db.begin_write()?;
+            {
+                let mut events = tx.open_table(EVENTS)?;
+                let mut queue = tx.open_table(QUEUE)?;
+                let mut dead = tx.open_table(DEAD)?;
+                let mut pending: std::collections::HashMap<String, usize> = Default::default();
+                let mut w = Writer {
+                    inner: self,
+                    events: &mut events,
+                    queue: &mut queue,
+                    dead: &mut dead,
+                    after: &mut after,
+                    pending: &mut pending,
+                    now: now_ms(),
+                };
+                for op in batch {
+                    match op {
+                        Op::Publish {
+                            events,
+                            options,
+                            reply,
+                        } => {
+                            let mut results = Vec::with_capacity(events.len());
+                            for e in events {
+                                results.push(w.publish(e, &options, true)?);
+                            }
+                            replies.push(Reply::Publish(reply, results));
+                        }
+                        Op::Settle {
+                            delivery,
+                            outcome,
+                            reply,
+                        } => {
+                            w.settle(*delivery, outcome)?;
+                            replies.push(Reply::Settle(reply));
+                        }
+                    }
+                }
+            }
+            tx.open_table(META)?
+                .insert("seq", self.seq.load(Ordering::SeqCst))?;
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                for a in after {
+                    match a {
+                        After::Enqueue(d) => self.enqueue(d),
+                        After::Release(key) => {
+                            let q = self.queue(&key);
+                            let mut st = q.state.lock();
+                            st.in_flight = st.in_flight.saturating_sub(1);
+                        }
+                        After::DeadLettered => {
+                            self.dead_count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                for r in replies {
+                    match r {
+                        Reply::Publish(tx, results) => drop(tx.send(Ok(results))),
+                        Reply::Settle(tx) => drop(tx.send(Ok(()))),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; the callers in this batch get the error");
+                // Replies of ops applied before the failure are collected; ops after it
+                // were dropped with their reply senders, which their callers see as an error.
+                for r in replies {
+                    match r {
+                        Reply::Publish(tx, _) => drop(tx.send(Err(BusError::Store(e.to_string())))),
+                        Reply::Settle(tx) => drop(tx.send(Err(BusError::Store(e.to_string())))),
+                    }
+                }
+                // Deliveries taken by settles that failed stay in flight in memory, but the
+                // table still holds them: they are delivered again after a restart.
+            }
+        }
+    }
+}
+
+enum Reply {
+    Publish(PublishReply, Vec<Result<(), PublishError>>),
+    Settle(oneshot::Sender<Result<(), BusError>>),
+}
+
+/// The tables of one write transaction and what to do once it commits.
+struct Writer<'a, 'tx> {
+    inner: &'a Inner,
+    events: &'a mut redb::Table<'tx, (u64, u64), &'static [u8]>,
+    queue: &'a mut redb::Table<'tx, (&'static str, u64), &'static [u8]>,
+    dead: &'a mut redb::Table<'tx, u64, &'static [u8]>,
+    after: &'a mut Vec<After>,
+    /// Deliveries added to each queue in this batch, for the backlog bound.
+    pending: &'a mut std::collections::HashMap<String, usize>,
+    now: i64,
+}
+
+impl Writer<'_, '_> {
+    /// Archives one event and writes its deliveries. `bounded`: refuse when queues are full
+    /// (ingest); handler output is never refused, because its delivery is already done.
+    fn publish(
+        &mut self,
+        event: Event,
+        options: &PublishOptions,
+        bounded: bool,
+    ) -> Result<Result<(), PublishError>, BusError> {
+        let mut routes = self.inner.router.route(&event);
+        if let Some(only) = &options.only_rules {
+            routes.retain(|r| only.iter().any(|n| n == &r.rule));
+        }
+        let keys: Vec<String> = routes.iter().map(|r| r.queue_key(&event.bus)).collect();
+        if bounded {
+            let total = self.inner.total_backlog.load(Ordering::Relaxed)
+                + self.pending.values().sum::<usize>();
+            if total + keys.len() > self.inner.config.max_total_backlog {
+                return Ok(Err(PublishError::Throttled(format!(
+                    "{total} deliveries are waiting, the limit is {}; retry later",
+                    self.inner.config.max_total_backlog
+                ))));
+            }
+            for k in &keys {
+                let n = self.inner.backlog(k) + self.pending.get(k).copied().unwrap_or(0);
+                if n >= self.inner.config.max_queue_backlog {
+                    return Ok(Err(PublishError::Throttled(format!(
+                        "queue {k} holds {n} deliveries, the limit is {}; retry later",
+                        self.inner.config.max_queue_backlog
+                    ))));
+                }
+            }
+        }
+        if !options.skip_archive && event.replay_name.is_none() {
+            let bytes = serde_json::to_vec(&event).map_err(|e| BusError::Store(e.to_string()))?;
+            let seq = self.inner.next_seq();
+            self.events
+                .insert((self.now as u64, seq), bytes.as_slice())?;
+        }
+        for (route, key) in routes.into_iter().zip(keys) {
+            let d = Delivery {
+                id: uuid::Uuid::new_v4().to_string(),
+                seq: self.inner.next_seq(),
+                queue: key.clone(),
+                rule: route.rule,
+                target: route.target,
+                plugin: route.plugin,
+                event: event.clone(),
+                attempts: 0,
+                created_ms: self.now,
+                due_ms: self.now,
+                last_error: None,
+            };
+            self.put_delivery(&d)?;
+            *self.pending.entry(key).or_default() += 1;
+            self.after.push(After::Enqueue(d));
+        }
+        Ok(Ok(()))
+    }
+
+    fn put_delivery(&mut self, d: &Delivery) -> Result<(), BusError> {
+        let bytes = serde_json::to_vec(d).map_err(|e| BusError::Store(e.to_string()))?;
+        self.queue
+            .insert((d.queue.as_str(), d.seq), bytes.as_slice())?;
+        Ok(())
+    }
+
+    fn settle(&mut self, mut d: Delivery, outcome: Settle) -> Result<(), BusError> {
+        self.after.push(After::Release(d.queue.clone()));
+        match outcome {
+            Settle::Ack {
+                new_events,
+                stopped,
+            } => {
+                self.queue.remove((d.queue.as_str(), d.seq))?;
+                for e in new_events {
+                    // Handler output is not throttled: refusing it now would lose it.
+                    let _ = self.publish(e, &PublishOptions::default(), false)?;
+                }
+                for (event, reason) in stopped {
+                    let mut stop = d.clone();
+                    stop.event = event;
+                    self.dead_letter(&stop, &reason)?;
+                }
+            }
+            Settle::Retry { due_ms, error } => {
+                self.queue.remove((d.queue.as_str(), d.seq))?;
+                d.due_ms = due_ms;
+                d.last_error = Some(error);
+                self.put_delivery(&d)?;
+                self.after.push(After::Enqueue(d));
+            }
+            Settle::DeadLetter { reason, keep } => {
+                self.queue.remove((d.queue.as_str(), d.seq))?;
+                if keep {
+                    self.dead_letter(&d, &reason)?;
+                } else {
+                    tracing::warn!(rule = %d.rule, target = %d.target, event = %d.event.id, %reason,
+                        "delivery dropped: the target's dead-letter queue is off");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, d: &Delivery, reason: &str) -> Result<(), BusError> {
+        let id = self.inner.next_seq();
+        let dl = DeadLetter {
+            id,
+            delivery_id: d.id.clone(),
+            bus: d.event.bus.clone(),
+            rule: d.rule.clone(),
+            target: d.target.clone(),
+            plugin: d.plugin.clone(),
+            event: d.event.clone(),
+            attempts: d.attempts,
+            last_error: reason.to_string(),
+            first_queued_at: ms_to_rfc3339(d.created_ms),
+            dead_lettered_at: ms_to_rfc3339(self.now),
+        };
+        let bytes = serde_json::to_vec(&dl).map_err(|e| BusError::Store(e.to_string()))?;
+        self.dead.insert(id, bytes.as_slice())?;
+        self.after.push(After::DeadLettered);
+        Ok(())
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BusError> {
+    serde_json::from_slice(bytes).map_err(|e| BusError::Store(format!("unreadable record: {e}")))
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, BusError> {
+    serde_json::to_vec(v).map_err(|e| BusError::Store(e.to_string()))
+}
+
+impl EmbeddedBus {
+    /// Runs blocking store work off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, BusError> + Send + 'static,
+    ) -> Result<T, BusError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| BusError::Store(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Bus for EmbeddedBus {
+    async fn publish(
+        &self,
+        events: Vec<Event>,
+        options: PublishOptions,
+    ) -> Result<Vec<Result<(), PublishError>>, BusError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Publish {
+            events,
+            options,
+            reply,
+        })?;
+        rx.await
+            .map_err(|_| BusError::Store("the commit failed; nothing was written".into()))?
+    }
+
+    async fn take(&self, key: &str) -> Option<Delivery> {
+        let q = self.inner.queue(key);
+        loop {
+            if self.inner.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            let notified = q.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wait_ms = {
+                let mut st = q.state.lock();
+                let now = now_ms();
+                match st.ready.first_key_value().map(|(k, _)| *k) {
+                    Some((due, seq)) if due <= now => {
+                        let d = st.ready.remove(&(due, seq));
+                        st.in_flight += 1;
+                        self.inner.total_backlog.fetch_sub(1, Ordering::Relaxed);
+                        return d;
+                    }
+                    Some((due, _)) => Some((due - now) as u64),
+                    None => None,
+                }
+            };
+            match wait_ms {
+                Some(ms) => {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(ms)) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    async fn settle(&self, delivery: Delivery, outcome: Settle) -> Result<(), BusError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Settle {
+            delivery: Box::new(delivery),
+            outcome,
+            reply,
+        })?;
+        rx.await
+            .map_err(|_| BusError::Store("the commit failed".into()))?
+    }
+
+    fn queue_stats(&self) -> Vec<QueueStats> {
+        let now = now_ms();
+        let mut out: Vec<QueueStats> = self
+            .inner
+            .queues
+            .iter()
+            .map(|q| {
+                let st = q.state.lock();
+                let oldest = st.ready.values().map(|d| d.created_ms).min();
+                QueueStats {
+                    queue: q.key().clone(),
+                    backlog: st.ready.len(),
+                    in_flight: st.in_flight,
+                    oldest_age_ms: oldest.map(|c| (now - c).max(0) as u64).unwrap_or(0),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.queue.cmp(&b.queue));
+        out
+    }
+
+    async fn put_rule(&self, rule: &Rule) -> Result<(), BusError> {
+        let key = format!("{}/{}", rule.bus, rule.name);
+        let bytes = to_json(rule)?;
+        self.blocking(move |inner| {
+            let tx = inner.db.begin_write()?;
+            tx.open_table(RULES)?
+                .insert(key.as_str(), bytes.as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_rule(&self, bus: &str, name: &str) -> Result<bool, BusError> {
+        let key = format!("{bus}/{name}");
+        self.blocking(move |inner| {
+            let tx = inner.db.begin_write()?;
+            let existed = tx.open_table(RULES)?.remove(key.as_str())?.is_some();
+            tx.commit()?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn rules(&self) -> Result<Vec<Rule>, BusError> {
+        self.blocking(|inner| {
+            let rx = inner.db.begin_read()?;
+            let t = rx.open_table(RULES)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                out.push(json(row?.1.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_bus(&self, bus: &BusInfo) -> Result<(), BusError> {
+        let key = bus.name.clone();
+        let bytes = to_json(bus)?;
+        self.blocking(move |inner| {
+            let tx = inner.db.begin_write()?;
+            tx.open_table(BUSES)?
+                .insert(key.as_str(), bytes.as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_bus(&self, name: &str) -> Result<bool, BusError> {
+        let key = name.to_string();
+        self.blocking(move |inner| {
+            let tx = inner.db.begin_write()?;
+            let existed = tx.open_table(BUSES)?.remove(key.as_str())?.is_some();
+            tx.commit()?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn buses(&self) -> Result<Vec<BusInfo>, BusError> {
+        self.blocking(|inner| {
+            let rx = inner.db.begin_read()?;
+            let t = rx.open_table(BUSES)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                out.push(json(row?.1.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        self.blocking(move |inner| {
+            let rx = inner.db.begin_read()?;
+            let t = rx.open_table(DEAD)?;
+            let mut out = Vec::new();
+            for row in t.range(after.saturating_add(1)..)?.take(limit) {
+                out.push(json(row?.1.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, BusError> {
+        self.blocking(move |inner| {
+            let rx = inner.db.begin_read()?;
+            let t = rx.open_table(DEAD)?;
+            t.get(id)?.map(|v| json(v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn redrive(&self, ids: Option<&[u64]>) -> Result<usize, BusError> {
+        let ids = ids.map(|i| i.to_vec());
+        self.blocking(move |inner| {
+            let tx = inner.db.begin_write()?;
+            let mut redriven = Vec::new();
+            {
+                let mut dead = tx.open_table(DEAD)?;
+                let mut queue = tx.open_table(QUEUE)?;
+                let letters: Vec<DeadLetter> = match &ids {
+                    Some(ids) => {
+                        let mut v = Vec::new();
+                        for id in ids {
+                            if let Some(row) = dead.get(*id)? {
+                                v.push(json(row.value())?);
+                            }
+                        }
+                        v
+                    }
+                    None => {
+                        let mut v = Vec::new();
+                        for row in dead.iter()? {
+                            v.push(json(row?.1.value())?);
+                        }
+                        v
+                    }
+                };
+                let now = now_ms();
+                for dl in letters {
+                    dead.remove(dl.id)?;
+                    let d = Delivery {
+                        id: dl.delivery_id,
+                        seq: inner.next_seq(),
+                        queue: crate::rules::queue_key(&dl.bus, &dl.rule, &dl.target),
+                        rule: dl.rule,
+                        target: dl.target,
+                        plugin: dl.plugin,
+                        event: dl.event,
+                        attempts: 0,
+                        created_ms: now,
+                        due_ms: now,
+                        last_error: Some(format!("redriven after: {}", dl.last_error)),
+                    };
+                    queue.insert((d.queue.as_str(), d.seq), to_json(&d)?.as_slice())?;
+                    redriven.push(d);
+                }
+            }
+            tx.open_table(META)?
+                .insert("seq", inner.seq.load(Ordering::SeqCst))?;
+            tx.commit()?;
+            let n = redriven.len();
+            inner.dead_count.fetch_sub(n, Ordering::Relaxed);
+            for d in redriven {
+                inner.enqueue(d);
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn purge_dead_letters(&self, ids: Option<&[u64]>) -> Result<usize, BusError> {
+        let ids = ids.map(|i| i.to_vec());
+        self.blocking(move |inner| {
+            let tx = inner.db.begin_write()?;
+            let n = {
+                let mut dead = tx.open_table(DEAD)?;
+                match ids {
+                    Some(ids) => {
+                        let mut n = 0;
+                        for id in ids {
+                            n += dead.remove(id)?.is_some() as usize;
+                        }
+                        n
+                    }
+                    None => {
+                        let n = dead.len()? as usize;
+                        dead.retain(|_, _| false)?;
+                        n
+                    }
+                }
+            };
+            tx.commit()?;
+            inner.dead_count.fetch_sub(n, Ordering::Relaxed);
+            Ok(n)
+        })
+        .await
+    }
+
+    fn dead_letter_count(&self) -> usize {
+        self.inner.dead_count.load(Ordering::Relaxed)
+    }
+
+    async fn archive(&self, query: ArchiveQuery<'_>) -> Result<Vec<Event>, BusError> {
+        // The filter borrows from the caller, so this read runs in place: redb reads
+        // are short and never wait for the writer (MVCC).
+        let rx = self.inner.db.begin_read()?;
+        let t = rx.open_table(EVENTS)?;
+        let lo = (query.since_ms.unwrap_or(0).max(0) as u64, 0);
+        let hi = (
+            query.until_ms.map(|u| u.max(0) as u64).unwrap_or(u64::MAX),
+            u64::MAX,
+        );
+        let mut out = Vec::new();
+        for row in t.range(lo..=hi)? {
+            let event: Event = json(row?.1.value())?;
+            if (query.filter)(&event) {
+                out.push(event);
+                if out.len() >= query.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn expire_archive(&self, before_ms: i64) -> Result<usize, BusError> {
+        self.blocking(move |inner| {
+            let tx = inner.db.begin_write()?;
+            let n = {
+                let mut t = tx.open_table(EVENTS)?;
+                let hi = (before_ms.max(0) as u64, 0u64);
+                let mut n = 0;
+                t.retain_in(..hi, |_, _| {
+                    n += 1;
+                    false
+                })?;
+                n
+            };
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    fn kv(&self) -> Arc<dyn crate::runtime::KvBackend> {
+        self.inner.kv.clone()
+    }
+
+    fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        for q in self.inner.queues.iter() {
+            q.notify.notify_waiters();
+        }
+    }
+}

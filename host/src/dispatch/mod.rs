@@ -1,0 +1,508 @@
+//! Delivery: per-target workers that take deliveries from the bus, call the
+//! target's plugin, and settle the outcome (ack with the handler's new events,
+//! retry with backoff, or dead-letter).
+//!
+//! Each (rule, target) queue has its own pool of workers. Its concurrency (how
+//! many of them work at once, hence how many plugin instances serve that target
+//! at once) starts at the plugin manifest's `scaling.concurrency` and can be
+//! changed at run time, within the manifest's bounds, by the control loop.
+
+pub mod replay;
+pub mod retry;
+pub mod stats;
+
+use crate::bus::{Bus, Delivery, Settle, now_ms};
+use crate::event::{Event, EventInput, EventLimits};
+use crate::rules::transform::{TransformContext, render_target_input};
+use crate::rules::{RuleSet, Target};
+use crate::runtime::{self, CallError, Runtime};
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+pub use stats::TargetStats;
+
+/// Settings of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Events a plugin emits carry a hop count; past this, they are dead-lettered
+    /// instead of published, so a rule matching its own output cannot loop forever.
+    pub hop_limit: u32,
+    /// Hard ceiling on workers per target, whatever a manifest asks for.
+    pub max_workers_per_target: usize,
+    pub event_limits: EventLimits,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            hop_limit: 16,
+            max_workers_per_target: 256,
+            event_limits: EventLimits::default(),
+        }
+    }
+}
+
+/// How one delivery attempt ended, for `busbar tail` and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryOutcome {
+    pub event_id: String,
+    pub rule: String,
+    pub target: String,
+    pub plugin: String,
+    pub attempt: u32,
+    /// "ok", "retry", "dead-letter" or "dropped".
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub latency_ms: f64,
+    pub emitted: usize,
+}
+
+struct Pool {
+    concurrency: watch::Sender<usize>,
+    bounds: (usize, usize),
+    stats: Arc<TargetStats>,
+    workers: Vec<JoinHandle<()>>,
+    plugin: String,
+}
+
+/// Owns the worker pools of every target.
+pub struct Dispatcher {
+    bus: Arc<dyn Bus>,
+    runtime: Arc<Runtime>,
+    rules: Arc<RuleSet>,
+    config: DispatchConfig,
+    pools: Mutex<HashMap<String, Pool>>,
+    outcomes: broadcast::Sender<DeliveryOutcome>,
+}
+
+/// A target's worker pool as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolInfo {
+    pub queue: String,
+    pub plugin: String,
+    pub concurrency: usize,
+    pub min_concurrency: usize,
+    pub max_concurrency: usize,
+}
+
+impl Dispatcher {
+    pub fn new(
+        bus: Arc<dyn Bus>,
+        runtime: Arc<Runtime>,
+        rules: Arc<RuleSet>,
+        config: DispatchConfig,
+    ) -> Arc<Self> {
+        Arc::new(Dispatcher {
+            bus,
+            runtime,
+            rules,
+            config,
+            pools: Mutex::new(HashMap::new()),
+            outcomes: broadcast::channel(4096).0,
+        })
+    }
+
+    /// Live delivery outcomes (for tail and tests).
+    pub fn subscribe(&self) -> broadcast::Receiver<DeliveryOutcome> {
+        self.outcomes.subscribe()
+    }
+
+    /// Starts pools for the current targets and keeps them in step with rule
+    /// changes and plugin (re)loads until the process ends.
+    pub fn start(self: &Arc<Self>) {
+        self.reconcile();
+        let me = self.clone();
+        let mut rules = self.rules.subscribe();
+        let mut plugins = self.runtime.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = rules.changed() => if r.is_err() { break },
+                    p = plugins.recv() => if let Err(broadcast::error::RecvError::Closed) = p { break },
+                }
+                me.reconcile();
+            }
+        });
+    }
+
+    /// Makes the set of pools equal to the set of configured targets.
+    pub fn reconcile(self: &Arc<Self>) {
+        let snapshot = self.rules.snapshot();
+        let mut pools = self.pools.lock();
+        pools.retain(|queue, pool| {
+            let keep = snapshot
+                .targets
+                .get(queue)
+                .is_some_and(|(_, t)| t.plugin == pool.plugin);
+            if !keep {
+                for w in &pool.workers {
+                    w.abort();
+                }
+            }
+            keep
+        });
+        for (queue, (_, target)) in &snapshot.targets {
+            let (default, min, max) = self.bounds_for(&target.plugin);
+            match pools.get_mut(queue) {
+                Some(pool) => {
+                    // A manifest change moves the bounds; keep the current level inside them.
+                    if pool.bounds != (min, max) {
+                        pool.bounds = (min, max);
+                        let cur = *pool.concurrency.borrow();
+                        pool.concurrency.send_replace(cur.clamp(min, max));
+                        self.grow(queue, pool, max);
+                    }
+                }
+                None => {
+                    let mut pool = Pool {
+                        concurrency: watch::channel(default.clamp(min, max)).0,
+                        bounds: (min, max),
+                        stats: Arc::new(TargetStats::default()),
+                        workers: Vec::new(),
+                        plugin: target.plugin.clone(),
+                    };
+                    self.grow(queue, &mut pool, max);
+                    pools.insert(queue.clone(), pool);
+                }
+            }
+        }
+    }
+
+    fn bounds_for(&self, plugin: &str) -> (usize, usize, usize) {
+        let cap = self.config.max_workers_per_target;
+        match self.runtime.manifest(plugin) {
+            Some(m) => {
+                let s = &m.scaling;
+                let min = (s.min_concurrency as usize).clamp(1, cap);
+                let max = (s.max_concurrency as usize).clamp(min, cap);
+                ((s.concurrency as usize).max(1), min, max)
+            }
+            None => (1, 1, 1.max(cap.min(16))),
+        }
+    }
+
+    /// Spawns workers up to `max`; each works only while its index is below the
+    /// pool's concurrency, so scaling is a number change, not a respawn.
+    fn grow(self: &Arc<Self>, queue: &str, pool: &mut Pool, max: usize) {
+        while pool.workers.len() < max {
+            let index = pool.workers.len();
+            let me = self.clone();
+            let queue = queue.to_string();
+            let level = pool.concurrency.subscribe();
+            let stats = pool.stats.clone();
+            pool.workers.push(tokio::spawn(async move {
+                me.work(queue, index, level, stats).await;
+            }));
+        }
+    }
+
+    /// Sets a target's concurrency, clamped to its bounds; returns the applied value.
+    pub fn set_concurrency(&self, queue: &str, desired: usize) -> Option<(usize, usize)> {
+        let pools = self.pools.lock();
+        let pool = pools.get(queue)?;
+        let (min, max) = pool.bounds;
+        let applied = desired.clamp(min, max);
+        let before = pool.concurrency.send_replace(applied);
+        Some((before, applied))
+    }
+
+    pub fn pools(&self) -> Vec<(PoolInfo, Arc<TargetStats>)> {
+        let pools = self.pools.lock();
+        let mut out: Vec<_> = pools
+            .iter()
+            .map(|(q, p)| {
+                (
+                    PoolInfo {
+                        queue: q.clone(),
+                        plugin: p.plugin.clone(),
+                        concurrency: *p.concurrency.borrow(),
+                        min_concurrency: p.bounds.0,
+                        max_concurrency: p.bounds.1,
+                    },
+                    p.stats.clone(),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.queue.cmp(&b.0.queue));
+        out
+    }
+
+    async fn work(
+        self: Arc<Self>,
+        queue: String,
+        index: usize,
+        mut level: watch::Receiver<usize>,
+        stats: Arc<TargetStats>,
+    ) {
+        loop {
+            // Idle above the current concurrency until it rises.
+            while index >= *level.borrow_and_update() {
+                if level.changed().await.is_err() {
+                    return;
+                }
+            }
+            if !self.plugin_ready(&queue, index).await {
+                continue;
+            }
+            let delivery = tokio::select! {
+                d = self.bus.take(&queue) => d,
+                // `take` is cancel-safe: it hands out a delivery only in the poll that returns it.
+                r = level.changed() => { if r.is_err() { return } continue }
+            };
+            let Some(delivery) = delivery else { return };
+            self.deliver(delivery, &stats).await;
+        }
+    }
+
+    /// While a target's plugin is not loaded its deliveries stay queued untouched;
+    /// only the first worker wakes to dead-letter those that outgrow their maximum age.
+    async fn plugin_ready(&self, queue: &str, index: usize) -> bool {
+        let Some((_, target)) = self.rules.target(queue) else {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            return false;
+        };
+        if self.runtime.is_loaded(&target.plugin) {
+            return true;
+        }
+        if index == 0 {
+            let expired = self.bus.queue_stats().iter().any(|s| {
+                s.queue == queue && s.oldest_age_ms > target.retry.max_event_age_secs * 1000
+            });
+            if expired {
+                return true;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        false
+    }
+
+    async fn deliver(&self, mut d: Delivery, stats: &TargetStats) {
+        let now = now_ms();
+        let Some((rule, target)) = self.rules.target(&d.queue) else {
+            let reason = format!(
+                "rule {} or its target {} no longer exists",
+                d.rule, d.target
+            );
+            self.finish(d, Settle::DeadLetter { reason, keep: true }, None, 0.0, 0)
+                .await;
+            return;
+        };
+        let age_ms = (now - d.created_ms).max(0) as u64;
+        if age_ms > target.retry.max_event_age_secs * 1000 {
+            let reason = format!(
+                "maximum event age of {} s exceeded after {} attempts; last error: {}",
+                target.retry.max_event_age_secs,
+                d.attempts,
+                d.last_error.as_deref().unwrap_or("none")
+            );
+            let keep = target.dead_letter;
+            self.finish(d, Settle::DeadLetter { reason, keep }, None, 0.0, 0)
+                .await;
+            return;
+        }
+        if !self.runtime.is_loaded(&target.plugin) {
+            // Unloaded between the check and the take: back in the queue, no attempt spent.
+            let error = format!("plugin {} is not loaded", target.plugin);
+            let due_ms = now + 250;
+            self.finish(d, Settle::Retry { due_ms, error }, None, 0.0, 0)
+                .await;
+            return;
+        }
+        let event = match self.input_for(&d.event, &rule.name, &target) {
+            Ok(e) => e,
+            Err(reason) => {
+                let keep = target.dead_letter;
+                self.finish(d, Settle::DeadLetter { reason, keep }, None, 0.0, 0)
+                    .await;
+                return;
+            }
+        };
+        d.attempts += 1;
+        let call = runtime::Delivery {
+            rule: d.rule.clone(),
+            target: d.target.clone(),
+            attempt: d.attempts,
+            id: d.id.clone(),
+        };
+        let started = std::time::Instant::now();
+        let result = self.runtime.call(&target.plugin, event, call).await;
+        let latency = started.elapsed().as_secs_f64() * 1000.0;
+        stats.record(latency, result.is_ok());
+        match result {
+            Ok(outputs) => {
+                let (new_events, stopped) = self.outputs(&d, outputs);
+                let n = new_events.len();
+                self.finish(
+                    d,
+                    Settle::Ack {
+                        new_events,
+                        stopped,
+                    },
+                    None,
+                    latency,
+                    n,
+                )
+                .await;
+            }
+            Err(e) => {
+                let settle = self.on_error(&d, &target, &e);
+                self.finish(d, settle, Some(e.to_string()), latency, 0)
+                    .await;
+            }
+        }
+    }
+
+    /// The event as this target receives it: its detail replaced by the target's
+    /// Input, InputPath or InputTransformer output when it has one.
+    fn input_for(&self, event: &Event, rule: &str, target: &Target) -> Result<Event, String> {
+        if target.input.is_none()
+            && target.input_path.is_none()
+            && target.input_transformer.is_none()
+        {
+            return Ok(event.clone());
+        }
+        let json = serde_json::to_value(event).map_err(|e| e.to_string())?;
+        let arn = format!(
+            "arn:aws:events:{}:{}:rule/{}/{}",
+            event.region, event.account, event.bus, rule
+        );
+        let ctx = TransformContext {
+            rule_name: rule,
+            rule_arn: &arn,
+            ingestion_time: &event.time,
+        };
+        let rendered = render_target_input(target, &json, &ctx)
+            .map_err(|e| format!("input transformation failed for target {}: {e}", target.id))?;
+        let mut out = event.clone();
+        if let Some(text) = rendered {
+            out.detail = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        }
+        Ok(out)
+    }
+
+    /// Turns a handler's outputs into events; those over the hop limit or invalid
+    /// are returned apart, to be dead-lettered with the reason.
+    fn outputs(
+        &self,
+        d: &Delivery,
+        outputs: Vec<runtime::NewEvent>,
+    ) -> (Vec<Event>, Vec<(Event, String)>) {
+        let hops = d.event.hops + 1;
+        let mut ok = Vec::with_capacity(outputs.len());
+        let mut stopped = Vec::new();
+        for (i, out) in outputs.into_iter().enumerate() {
+            let input = EventInput {
+                source: Some(out.source.clone()),
+                detail_type: Some(out.detail_type.clone()),
+                detail: Some(out.detail.clone()),
+                resources: out.resources.clone(),
+                bus: Some(out.bus.clone().unwrap_or_else(|| d.event.bus.clone())),
+                ..Default::default()
+            };
+            match input.into_event(&self.config.event_limits) {
+                Ok(mut e) => {
+                    e.hops = hops;
+                    if hops > self.config.hop_limit {
+                        let reason = format!(
+                            "hop limit of {} reached: event {} from plugin {} was produced by a chain of {} plugin calls (a rule may match its own output)",
+                            self.config.hop_limit, e.detail_type, d.plugin, hops
+                        );
+                        stopped.push((e, reason));
+                    } else if !self.rules.has_bus(&e.bus) {
+                        let reason = format!(
+                            "plugin {} published to bus {}, which does not exist",
+                            d.plugin, e.bus
+                        );
+                        stopped.push((e, reason));
+                    } else {
+                        ok.push(e);
+                    }
+                }
+                Err(err) => {
+                    let mut e = d.event.clone();
+                    e.hops = hops;
+                    stopped.push((
+                        e,
+                        format!(
+                            "output {i} of plugin {} is not a valid event: {}",
+                            d.plugin, err.message
+                        ),
+                    ));
+                }
+            }
+        }
+        (ok, stopped)
+    }
+
+    fn on_error(&self, d: &Delivery, target: &Target, e: &CallError) -> Settle {
+        let retries_used = d.attempts.saturating_sub(1);
+        if e.is_retryable() && retries_used < target.retry.max_retry_attempts {
+            let due_ms = now_ms() + retry::backoff_ms(&target.retry, d.attempts) as i64;
+            Settle::Retry {
+                due_ms,
+                error: e.to_string(),
+            }
+        } else {
+            let reason = if e.is_retryable() {
+                format!("gave up after {} attempts: {e}", d.attempts)
+            } else {
+                e.to_string()
+            };
+            Settle::DeadLetter {
+                reason,
+                keep: target.dead_letter,
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        mut d: Delivery,
+        settle: Settle,
+        error: Option<String>,
+        latency_ms: f64,
+        emitted: usize,
+    ) {
+        let outcome = match &settle {
+            Settle::Ack { .. } => "ok",
+            Settle::Retry { .. } => "retry",
+            Settle::DeadLetter { keep: true, .. } => "dead-letter",
+            Settle::DeadLetter { keep: false, .. } => "dropped",
+        };
+        if let Settle::Retry { error, .. } = &settle {
+            d.last_error = Some(error.clone());
+        }
+        metrics::counter!("busbar_deliveries_total", "outcome" => outcome).increment(1);
+        if outcome == "retry" && error.is_some() {
+            metrics::counter!("busbar_retries_total").increment(1);
+        }
+        let report = DeliveryOutcome {
+            event_id: d.event.id.clone(),
+            rule: d.rule.clone(),
+            target: d.target.clone(),
+            plugin: d.plugin.clone(),
+            attempt: d.attempts,
+            outcome,
+            error: error.or_else(|| match &settle {
+                Settle::DeadLetter { reason, .. } => Some(reason.clone()),
+                Settle::Retry { error, .. } => Some(error.clone()),
+                _ => None,
+            }),
+            latency_ms,
+            emitted,
+        };
+        tracing::debug!(event = %report.event_id, rule = %report.rule, target = %report.target,
+            outcome, attempt = report.attempt, "delivery settled");
+        if let Err(e) = self.bus.settle(d, settle).await {
+            // The delivery stays in the store and is delivered again after a restart.
+            tracing::error!(error = %e, event = %report.event_id, "could not settle a delivery");
+            return;
+        }
+        let _ = self.outcomes.send(report);
+    }
+}

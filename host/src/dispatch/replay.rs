@@ -1,0 +1,196 @@
+//! Replays: archived events of a time range published again, to every rule of
+//! their bus or only to named rules. Replayed events carry `replay-name` and are
+//! not archived a second time, so a replay never feeds the next one.
+
+use crate::bus::{ArchiveQuery, PublishOptions};
+use crate::node::Node;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Events read from the archive per publish.
+const BATCH: usize = 500;
+/// One replay reads at most this many events (a bound on memory, documented).
+pub const MAX_REPLAY_EVENTS: usize = 1_000_000;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReplayRequest {
+    pub name: String,
+    /// The bus whose archived events are replayed (default: "default").
+    #[serde(default)]
+    pub bus: Option<String>,
+    /// RFC 3339, inclusive; on the time busbar received each event.
+    pub since: String,
+    /// RFC 3339, inclusive.
+    pub until: String,
+    /// Only these rules get the replayed events (all rules of the bus when absent).
+    #[serde(default)]
+    pub rules: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayState {
+    Running,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayStatus {
+    pub name: String,
+    pub bus: String,
+    pub since: String,
+    pub until: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<String>>,
+    pub state: ReplayState,
+    pub replayed: usize,
+    pub failed: usize,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The replays of this node, running and finished.
+#[derive(Default)]
+pub struct Replays {
+    all: DashMap<String, ReplayStatus>,
+}
+
+impl Replays {
+    pub fn list(&self) -> Vec<ReplayStatus> {
+        let mut v: Vec<_> = self.all.iter().map(|r| r.value().clone()).collect();
+        v.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+        v
+    }
+
+    pub fn get(&self, name: &str) -> Option<ReplayStatus> {
+        self.all.get(name).map(|r| r.value().clone())
+    }
+
+    /// Checks the request and starts the replay in the background.
+    pub fn start(
+        self: &Arc<Self>,
+        node: Arc<Node>,
+        req: ReplayRequest,
+    ) -> Result<ReplayStatus, String> {
+        if req.name.is_empty()
+            || !req
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            return Err(format!(
+                "replay name {:?} must be letters, digits and . - _",
+                req.name
+            ));
+        }
+        let since = crate::event::parse_time(&req.since)
+            .map_err(|e| format!("since {:?} is not an RFC 3339 time: {e}", req.since))?;
+        let until = crate::event::parse_time(&req.until)
+            .map_err(|e| format!("until {:?} is not an RFC 3339 time: {e}", req.until))?;
+        if until < since {
+            return Err("until is before since".into());
+        }
+        let bus = req
+            .bus
+            .clone()
+            .unwrap_or_else(|| crate::event::DEFAULT_BUS.into());
+        if !node.rules.has_bus(&bus) {
+            return Err(format!("Event bus {bus} does not exist."));
+        }
+        if let Some(rules) = &req.rules {
+            for r in rules {
+                if node.rules.get(&bus, r).is_none() {
+                    return Err(format!("Rule {r} does not exist on EventBus {bus}."));
+                }
+            }
+        }
+        let status = ReplayStatus {
+            name: req.name.clone(),
+            bus: bus.clone(),
+            since: req.since.clone(),
+            until: req.until.clone(),
+            rules: req.rules.clone(),
+            state: ReplayState::Running,
+            replayed: 0,
+            failed: 0,
+            started_at: crate::event::now_rfc3339(),
+            finished_at: None,
+            error: None,
+        };
+        match self.all.entry(req.name.clone()) {
+            dashmap::Entry::Occupied(_) => {
+                return Err(format!("replay {} already exists", req.name));
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(status.clone());
+            }
+        }
+        let me = self.clone();
+        let since_ms = (since.unix_timestamp_nanos() / 1_000_000) as i64;
+        let until_ms = (until.unix_timestamp_nanos() / 1_000_000) as i64;
+        tokio::spawn(async move {
+            let result = me
+                .run(&node, &req.name, &bus, since_ms, until_ms, req.rules)
+                .await;
+            if let Some(mut s) = me.all.get_mut(&req.name) {
+                s.finished_at = Some(crate::event::now_rfc3339());
+                match result {
+                    Ok(()) => s.state = ReplayState::Completed,
+                    Err(e) => {
+                        s.state = ReplayState::Failed;
+                        s.error = Some(e);
+                    }
+                }
+            }
+        });
+        Ok(status)
+    }
+
+    async fn run(
+        &self,
+        node: &Node,
+        name: &str,
+        bus: &str,
+        since_ms: i64,
+        until_ms: i64,
+        rules: Option<Vec<String>>,
+    ) -> Result<(), String> {
+        let filter = |e: &crate::event::Event| e.bus == bus;
+        let events = node
+            .bus
+            .archive(ArchiveQuery {
+                since_ms: Some(since_ms),
+                until_ms: Some(until_ms),
+                limit: MAX_REPLAY_EVENTS,
+                filter: &filter,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        for chunk in events.chunks(BATCH) {
+            let batch: Vec<_> = chunk
+                .iter()
+                .cloned()
+                .map(|mut e| {
+                    e.replay_name = Some(name.to_string());
+                    e
+                })
+                .collect();
+            let options = PublishOptions {
+                skip_archive: true,
+                only_rules: rules.clone(),
+            };
+            let results = node.publish_with(batch, options).await;
+            let ok = results.iter().filter(|r| r.is_ok()).count();
+            if let Some(mut s) = self.all.get_mut(name) {
+                s.replayed += ok;
+                s.failed += results.len() - ok;
+            }
+        }
+        Ok(())
+    }
+}

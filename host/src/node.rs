@@ -1,0 +1,427 @@
+//! One busbar node: the bus, the rule set, the plugin runtime and the
+//! dispatcher wired together, plus the background loops (config reload,
+//! archive retention). `busbar serve` builds a [`Node`] and serves HTTP on it;
+//! the integration tests do the same in-process or as a child process.
+
+use crate::bus::embedded::{EmbeddedBus, EmbeddedConfig};
+use crate::bus::{Bus, PublishError, PublishOptions};
+use crate::config::Config;
+use crate::dispatch::{DeliveryOutcome, DispatchConfig, Dispatcher};
+use crate::event::{Event, EventLimits};
+use crate::pattern::Limits;
+use crate::rules::{BusInfo, Rule, RuleError, RuleOrigin, RuleSet, RuleState, Target};
+use crate::runtime::{Runtime, RuntimeConfig};
+use anyhow::Context;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// One line of the live tail: an event as it was accepted, or a delivery as it ended.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TailItem {
+    Event {
+        event: Box<Event>,
+        rules: Vec<String>,
+    },
+    Delivery(DeliveryOutcome),
+}
+
+pub struct Node {
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    pub bus: Arc<dyn Bus>,
+    pub rules: Arc<RuleSet>,
+    pub runtime: Arc<Runtime>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub replays: Arc<crate::dispatch::replay::Replays>,
+    pub event_limits: EventLimits,
+    pub tail: broadcast::Sender<TailItem>,
+}
+
+/// A rule-changing call failed: either the request was wrong or the store was.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error(transparent)]
+    Store(#[from] crate::bus::BusError),
+}
+
+impl Node {
+    /// Opens the store, loads rules (stored, then the config file's), starts the
+    /// plugin runtime and the dispatcher.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<Node>> {
+        let limits = Limits {
+            max_pattern_chars: config.limits.max_pattern_chars,
+        };
+        let rules = RuleSet::new(limits);
+        let data_dir = config.server.data_dir.clone();
+        let bus: Arc<dyn Bus> = match &config.server.bus {
+            None => {
+                let mut ec = EmbeddedConfig::new(&data_dir);
+                ec.max_queue_backlog = config.delivery.max_queue_backlog;
+                ec.max_total_backlog = config.delivery.max_total_backlog;
+                EmbeddedBus::open(ec, rules.clone())
+                    .with_context(|| format!("opening the store in {}", data_dir.display()))?
+            }
+            Some(url) => {
+                anyhow::bail!("bus {url}: this build runs on the embedded store only (omit --bus)")
+            }
+        };
+        rules.load(bus.rules().await?, bus.buses().await?);
+        rules
+            .replace_config(config.rules()?, config.buses())
+            .context("rules in the config file")?;
+        let runtime = Runtime::new(
+            RuntimeConfig {
+                plugins_dir: config.server.plugins_dir.clone(),
+                cache_dir: data_dir.join("cache"),
+                watch: true,
+            },
+            bus.kv(),
+        )?;
+        runtime.start().await.context("loading plugins")?;
+        let event_limits = EventLimits {
+            max_entry_bytes: config.limits.max_entry_bytes,
+            max_depth: config.limits.max_depth,
+        };
+        let dispatcher = Dispatcher::new(
+            bus.clone(),
+            runtime.clone(),
+            rules.clone(),
+            DispatchConfig {
+                hop_limit: config.delivery.hop_limit,
+                event_limits,
+                ..Default::default()
+            },
+        );
+        dispatcher.start();
+        let node = Arc::new(Node {
+            config,
+            config_path,
+            bus,
+            rules,
+            runtime,
+            dispatcher,
+            replays: Default::default(),
+            event_limits,
+            tail: broadcast::channel(4096).0,
+        });
+        node.spawn_tail_forwarder();
+        node.spawn_retention();
+        node.spawn_config_watch();
+        Ok(node)
+    }
+
+    /// Publishes validated events: durable when this returns Ok for an entry.
+    pub async fn publish(&self, events: Vec<Event>) -> Vec<Result<(), PublishError>> {
+        self.publish_with(events, PublishOptions::default()).await
+    }
+
+    pub async fn publish_with(
+        &self,
+        events: Vec<Event>,
+        options: PublishOptions,
+    ) -> Vec<Result<(), PublishError>> {
+        let n = events.len();
+        // Events for unknown buses are refused one by one; the rest go in one commit.
+        let mut results: Vec<Option<Result<(), PublishError>>> = vec![None; n];
+        let mut accepted = Vec::with_capacity(n);
+        let mut slots = Vec::with_capacity(n);
+        for (i, e) in events.into_iter().enumerate() {
+            if self.rules.has_bus(&e.bus) {
+                slots.push(i);
+                accepted.push(e);
+            } else {
+                results[i] = Some(Err(PublishError::NoSuchBus(format!(
+                    "Event bus {} does not exist.",
+                    e.bus
+                ))));
+            }
+        }
+        let tail = (self.tail.receiver_count() > 0).then(|| accepted.clone());
+        match self.bus.publish(accepted, options).await {
+            Ok(out) => {
+                for (slot, r) in slots.iter().zip(out) {
+                    results[*slot] = Some(r);
+                }
+            }
+            Err(e) => {
+                for slot in &slots {
+                    results[*slot] = Some(Err(PublishError::Store(e.to_string())));
+                }
+            }
+        }
+        if let Some(events) = tail {
+            for (e, slot) in events.into_iter().zip(&slots) {
+                if matches!(results[*slot], Some(Ok(()))) {
+                    let mut rules: Vec<String> = crate::bus::Router::route(&*self.rules, &e)
+                        .into_iter()
+                        .map(|r| r.rule)
+                        .collect();
+                    rules.dedup();
+                    let _ = self.tail.send(TailItem::Event {
+                        event: Box::new(e),
+                        rules,
+                    });
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(PublishError::Store("not processed".into()))))
+            .collect()
+    }
+
+    // Rule changes: validate, persist, then apply, so the store and the live set agree.
+
+    pub async fn put_rule(&self, mut rule: Rule, keep_targets: bool) -> Result<Rule, ChangeError> {
+        rule.origin = RuleOrigin::Api;
+        if keep_targets && let Some(old) = self.rules.get(&rule.bus, &rule.name) {
+            rule.targets = old.targets;
+        }
+        self.rules.validate(&rule)?;
+        if !self.rules.has_bus(&rule.bus) {
+            return Err(
+                RuleError::NotFound(format!("Event bus {} does not exist.", rule.bus)).into(),
+            );
+        }
+        if let Some(old) = self.rules.get(&rule.bus, &rule.name)
+            && old.origin == RuleOrigin::Config
+        {
+            return Err(RuleError::Conflict(format!(
+                "rule {} is defined in the config file; change it there",
+                rule.name
+            ))
+            .into());
+        }
+        self.bus.put_rule(&rule).await?;
+        Ok(self.rules.put(rule, false)?)
+    }
+
+    pub async fn delete_rule(&self, bus: &str, name: &str) -> Result<(), ChangeError> {
+        match self.rules.get(bus, name) {
+            None => {
+                return Err(RuleError::NotFound(format!(
+                    "Rule {name} does not exist on EventBus {bus}."
+                ))
+                .into());
+            }
+            Some(r) if !r.targets.is_empty() => {
+                return Err(RuleError::Conflict(format!(
+                    "Rule can't be deleted since it has targets. Remove the targets of rule {name} first."
+                ))
+                .into());
+            }
+            Some(_) => {}
+        }
+        self.rules.remove(bus, name)?;
+        self.bus.delete_rule(bus, name).await?;
+        Ok(())
+    }
+
+    /// Edits a stored API rule (targets, state) and persists the result.
+    pub async fn edit_rule(
+        &self,
+        bus: &str,
+        name: &str,
+        f: impl FnOnce(&mut Rule) -> Result<(), RuleError>,
+    ) -> Result<Rule, ChangeError> {
+        let Some(mut rule) = self.rules.get(bus, name) else {
+            return Err(RuleError::NotFound(format!(
+                "Rule {name} does not exist on EventBus {bus}."
+            ))
+            .into());
+        };
+        if rule.origin == RuleOrigin::Config {
+            return Err(RuleError::Conflict(format!(
+                "rule {name} is defined in the config file; change it there"
+            ))
+            .into());
+        }
+        f(&mut rule)?;
+        self.rules.validate(&rule)?;
+        self.bus.put_rule(&rule).await?;
+        Ok(self.rules.put(rule, false)?)
+    }
+
+    pub async fn set_rule_state(
+        &self,
+        bus: &str,
+        name: &str,
+        state: RuleState,
+    ) -> Result<Rule, ChangeError> {
+        self.edit_rule(bus, name, |r| {
+            r.state = state;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Adds or replaces targets by id (PutTargets); returns per-target failures.
+    pub async fn put_targets(
+        &self,
+        bus: &str,
+        name: &str,
+        targets: Vec<Target>,
+    ) -> Result<Rule, ChangeError> {
+        self.edit_rule(bus, name, |r| {
+            if r.targets.len()
+                + targets
+                    .iter()
+                    .filter(|t| !r.targets.iter().any(|o| o.id == t.id))
+                    .count()
+                > 5
+            {
+                return Err(RuleError::Invalid(format!(
+                    "rule {name} would have more than 5 targets"
+                )));
+            }
+            for t in targets {
+                match r.targets.iter_mut().find(|o| o.id == t.id) {
+                    Some(slot) => *slot = t,
+                    None => r.targets.push(t),
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn remove_targets(
+        &self,
+        bus: &str,
+        name: &str,
+        ids: &[String],
+    ) -> Result<Rule, ChangeError> {
+        self.edit_rule(bus, name, |r| {
+            r.targets.retain(|t| !ids.contains(&t.id));
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn create_bus(
+        &self,
+        name: &str,
+        description: Option<String>,
+    ) -> Result<BusInfo, ChangeError> {
+        let info = BusInfo {
+            name: name.to_string(),
+            description,
+            created: crate::event::now_rfc3339(),
+            tags: Default::default(),
+        };
+        if self.rules.has_bus(name) {
+            return Err(RuleError::Conflict(format!("Event bus {name} already exists.")).into());
+        }
+        crate::event::validate_bus_name(name).map_err(|e| RuleError::Invalid(e.message))?;
+        self.bus.put_bus(&info).await?;
+        self.rules.put_bus(info.clone())?;
+        Ok(info)
+    }
+
+    pub async fn delete_bus(&self, name: &str) -> Result<(), ChangeError> {
+        self.rules.remove_bus(name)?;
+        self.bus.delete_bus(name).await?;
+        Ok(())
+    }
+
+    fn spawn_tail_forwarder(self: &Arc<Self>) {
+        let mut outcomes = self.dispatcher.subscribe();
+        let tail = self.tail.clone();
+        tokio::spawn(async move {
+            loop {
+                match outcomes.recv().await {
+                    Ok(o) => {
+                        let _ = tail.send(TailItem::Delivery(o));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    fn spawn_retention(self: &Arc<Self>) {
+        let days = self.config.archive.retention_days;
+        if days == 0 {
+            return;
+        }
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(600));
+            loop {
+                tick.tick().await;
+                let before = crate::bus::now_ms() - (days as i64) * 86_400_000;
+                match bus.expire_archive(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(events = n, "expired archived events past retention"),
+                    Err(e) => tracing::warn!(error = %e, "archive retention pass failed"),
+                }
+            }
+        });
+    }
+
+    /// Re-reads the config file's rules and buses when it changes. A broken
+    /// file keeps the rules already loaded and says why in the log.
+    fn spawn_config_watch(self: &Arc<Self>) {
+        let Some(path) = self.config_path.clone() else {
+            return;
+        };
+        let rules = self.rules.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+        let watched = path.clone();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res
+                && ev
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == watched.file_name())
+            {
+                let _ = tx.try_send(());
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "config file changes will not be picked up");
+                return;
+            }
+        };
+        let dir = path
+            .parent()
+            .map(|p| p.to_path_buf())
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| ".".into());
+        if let Err(e) =
+            notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive)
+        {
+            tracing::warn!(error = %e, dir = %dir.display(), "config file changes will not be picked up");
+            return;
+        }
+        tokio::spawn(async move {
+            let _keep = watcher;
+            while rx.recv().await.is_some() {
+                // Editors write in several steps: let the file settle first.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while rx.try_recv().is_ok() {}
+                let loaded = Config::load(&path).and_then(|c| Ok((c.rules()?, c.buses())));
+                match loaded.map(|(r, b)| rules.replace_config(r, b)) {
+                    Ok(Ok(())) => {
+                        tracing::info!(file = %path.display(), "reloaded rules from the config file")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(file = %path.display(), error = %e, "config file rejected; keeping the rules already loaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "config file rejected; keeping the rules already loaded")
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,371 @@
+//! The live rule set: every rule of every bus, compiled into one matcher per bus.
+//!
+//! Changes build a whole new [`Compiled`] aside and swap it in, so routing
+//! never waits for a rule change and never sees half of one.
+
+use super::{BusInfo, Rule, RuleOrigin, RuleState, Target};
+use crate::bus::{Route, Router};
+use crate::event::{DEFAULT_BUS, Event};
+use crate::pattern::{Limits, Matcher, Pattern};
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Why a rule or bus change was refused. The message names the rule, target or field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("{0}")]
+    InvalidPattern(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A compiled snapshot of all rules.
+#[derive(Default)]
+pub struct Compiled {
+    /// All rules by (bus, name).
+    pub rules: BTreeMap<(String, String), Rule>,
+    pub buses: BTreeMap<String, BusInfo>,
+    /// Per bus: the matcher over enabled rules, each id indexing `routes`.
+    matchers: HashMap<String, (Matcher<usize>, Vec<Vec<Route>>)>,
+    /// Every queue key with its rule and target.
+    pub targets: BTreeMap<String, (Rule, Target)>,
+}
+
+/// The rule set shared by ingest (validation), the bus (routing) and dispatch (targets).
+pub struct RuleSet {
+    current: ArcSwap<Compiled>,
+    /// Serializes writers; readers never take it.
+    write: Mutex<()>,
+    limits: Limits,
+    version: watch::Sender<u64>,
+}
+
+impl RuleSet {
+    pub fn new(limits: Limits) -> Arc<Self> {
+        let mut c = Compiled::default();
+        c.buses.insert(DEFAULT_BUS.into(), default_bus());
+        Arc::new(RuleSet {
+            current: ArcSwap::from_pointee(c),
+            write: Mutex::new(()),
+            limits,
+            version: watch::channel(0).0,
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn snapshot(&self) -> Arc<Compiled> {
+        self.current.load_full()
+    }
+
+    /// Fires after every change (the value is a change counter).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Checks a rule without storing it.
+    pub fn validate(&self, rule: &Rule) -> Result<Pattern, RuleError> {
+        if rule.name.is_empty()
+            || rule.name.len() > 64
+            || !rule
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            return Err(RuleError::Invalid(format!(
+                "rule name {:?} must be 1 to 64 characters of letters, digits and . - _",
+                rule.name
+            )));
+        }
+        let pattern = Pattern::parse_with(&rule.pattern, &self.limits).map_err(|e| {
+            RuleError::InvalidPattern(format!("Event pattern is not valid. Reason: {e}"))
+        })?;
+        let mut ids = std::collections::HashSet::new();
+        for t in &rule.targets {
+            if t.id.is_empty() || t.id.len() > 64 || t.id.contains('/') {
+                return Err(RuleError::Invalid(format!(
+                    "target id {:?} of rule {} must be 1 to 64 characters without '/'",
+                    t.id, rule.name
+                )));
+            }
+            if !ids.insert(&t.id) {
+                return Err(RuleError::Invalid(format!(
+                    "rule {} has two targets with id {:?}",
+                    rule.name, t.id
+                )));
+            }
+            if t.plugin.is_empty() {
+                return Err(RuleError::Invalid(format!(
+                    "target {} of rule {} names no plugin",
+                    t.id, rule.name
+                )));
+            }
+            t.retry.validate().map_err(|e| {
+                RuleError::Invalid(format!("target {} of rule {}: {e}", t.id, rule.name))
+            })?;
+            super::transform::validate_target_input(t).map_err(|e| {
+                RuleError::Invalid(format!("target {} of rule {}: {e}", t.id, rule.name))
+            })?;
+        }
+        Ok(pattern)
+    }
+
+    fn change(
+        &self,
+        f: impl FnOnce(&mut Compiled) -> Result<(), RuleError>,
+    ) -> Result<(), RuleError> {
+        let _w = self.write.lock();
+        let cur = self.current.load();
+        let mut next = Compiled {
+            rules: cur.rules.clone(),
+            buses: cur.buses.clone(),
+            ..Default::default()
+        };
+        f(&mut next)?;
+        self.compile(&mut next);
+        self.current.store(Arc::new(next));
+        self.version.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    fn compile(&self, c: &mut Compiled) {
+        let mut per_bus: HashMap<String, (Vec<(usize, Pattern)>, Vec<Vec<Route>>)> = HashMap::new();
+        c.targets.clear();
+        for ((bus, name), rule) in &c.rules {
+            for t in &rule.targets {
+                c.targets.insert(
+                    super::queue_key(bus, name, &t.id),
+                    (rule.clone(), t.clone()),
+                );
+            }
+            if rule.state != RuleState::Enabled {
+                continue;
+            }
+            // Rules were validated on the way in; a rule that no longer parses (a lowered
+            // limit on restart) is skipped with a log line rather than taking the bus down.
+            let pattern = match Pattern::parse_with(&rule.pattern, &self.limits) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(rule = %name, bus = %bus, error = %e, "rule skipped: invalid pattern");
+                    continue;
+                }
+            };
+            let entry = per_bus.entry(bus.clone()).or_default();
+            let idx = entry.1.len();
+            entry.0.push((idx, pattern));
+            entry.1.push(
+                rule.targets
+                    .iter()
+                    .map(|t| Route {
+                        rule: name.clone(),
+                        target: t.id.clone(),
+                        plugin: t.plugin.clone(),
+                    })
+                    .collect(),
+            );
+        }
+        c.matchers = per_bus
+            .into_iter()
+            .map(|(bus, (patterns, routes))| (bus, (Matcher::new(patterns), routes)))
+            .collect();
+    }
+
+    /// Adds or replaces a rule (keeping its targets when `keep_targets`, as PutRule does).
+    pub fn put(&self, mut rule: Rule, keep_targets: bool) -> Result<Rule, RuleError> {
+        self.validate(&rule)?;
+        let mut stored = None;
+        self.change(|c| {
+            if !c.buses.contains_key(&rule.bus) {
+                return Err(RuleError::NotFound(format!(
+                    "Event bus {} does not exist.",
+                    rule.bus
+                )));
+            }
+            let key = (rule.bus.clone(), rule.name.clone());
+            if let Some(old) = c.rules.get(&key) {
+                if old.origin == RuleOrigin::Config && rule.origin == RuleOrigin::Api {
+                    return Err(RuleError::Conflict(format!(
+                        "rule {} is defined in the config file; change it there",
+                        rule.name
+                    )));
+                }
+                if keep_targets {
+                    rule.targets = old.targets.clone();
+                }
+            }
+            stored = Some(rule.clone());
+            c.rules.insert(key, rule);
+            Ok(())
+        })?;
+        Ok(stored.expect("set by the change"))
+    }
+
+    /// Loads rules that were already validated and stored (at start-up).
+    pub fn load(&self, rules: Vec<Rule>, buses: Vec<BusInfo>) {
+        let _ = self.change(|c| {
+            for b in buses {
+                c.buses.insert(b.name.clone(), b);
+            }
+            for r in rules {
+                c.rules.insert((r.bus.clone(), r.name.clone()), r);
+            }
+            Ok(())
+        });
+    }
+
+    /// Replaces every rule that came from the config file with `rules` (a reload).
+    pub fn replace_config(&self, rules: Vec<Rule>, buses: Vec<BusInfo>) -> Result<(), RuleError> {
+        for r in &rules {
+            self.validate(r)?;
+        }
+        self.change(|c| {
+            c.rules.retain(|_, r| r.origin != RuleOrigin::Config);
+            for b in buses {
+                c.buses.entry(b.name.clone()).or_insert(b);
+            }
+            for mut r in rules {
+                r.origin = RuleOrigin::Config;
+                if !c.buses.contains_key(&r.bus) {
+                    return Err(RuleError::NotFound(format!(
+                        "rule {} is on bus {}, which the config file does not define",
+                        r.name, r.bus
+                    )));
+                }
+                c.rules.insert((r.bus.clone(), r.name.clone()), r);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn remove(&self, bus: &str, name: &str) -> Result<Rule, RuleError> {
+        let mut removed = None;
+        self.change(|c| {
+            let key = (bus.to_string(), name.to_string());
+            match c.rules.get(&key) {
+                None => Err(RuleError::NotFound(format!(
+                    "Rule {name} does not exist on EventBus {bus}."
+                ))),
+                Some(r) if r.origin == RuleOrigin::Config => Err(RuleError::Conflict(format!(
+                    "rule {name} is defined in the config file; remove it there"
+                ))),
+                Some(_) => {
+                    removed = c.rules.remove(&key);
+                    Ok(())
+                }
+            }
+        })?;
+        Ok(removed.expect("set by the change"))
+    }
+
+    /// Applies `f` to a stored rule (targets, state) and returns the result.
+    pub fn update(
+        &self,
+        bus: &str,
+        name: &str,
+        f: impl FnOnce(&mut Rule) -> Result<(), RuleError>,
+    ) -> Result<Rule, RuleError> {
+        let mut out = None;
+        self.change(|c| {
+            let key = (bus.to_string(), name.to_string());
+            let Some(rule) = c.rules.get_mut(&key) else {
+                return Err(RuleError::NotFound(format!(
+                    "Rule {name} does not exist on EventBus {bus}."
+                )));
+            };
+            let mut edited = rule.clone();
+            f(&mut edited)?;
+            self.validate(&edited)?;
+            *rule = edited.clone();
+            out = Some(edited);
+            Ok(())
+        })?;
+        Ok(out.expect("set by the change"))
+    }
+
+    pub fn get(&self, bus: &str, name: &str) -> Option<Rule> {
+        self.current
+            .load()
+            .rules
+            .get(&(bus.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    pub fn put_bus(&self, info: BusInfo) -> Result<(), RuleError> {
+        crate::event::validate_bus_name(&info.name).map_err(|e| RuleError::Invalid(e.message))?;
+        self.change(|c| {
+            if c.buses.contains_key(&info.name) {
+                return Err(RuleError::Conflict(format!(
+                    "Event bus {} already exists.",
+                    info.name
+                )));
+            }
+            c.buses.insert(info.name.clone(), info);
+            Ok(())
+        })
+    }
+
+    pub fn remove_bus(&self, name: &str) -> Result<(), RuleError> {
+        self.change(|c| {
+            if name == DEFAULT_BUS {
+                return Err(RuleError::Invalid(
+                    "Cannot delete event bus default.".into(),
+                ));
+            }
+            if c.buses.remove(name).is_none() {
+                return Err(RuleError::NotFound(format!(
+                    "Event bus {name} does not exist."
+                )));
+            }
+            if c.rules.keys().any(|(b, _)| b == name) {
+                return Err(RuleError::Conflict(format!(
+                    "Event bus {name} still has rules; delete them first."
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    pub fn has_bus(&self, name: &str) -> bool {
+        self.current.load().buses.contains_key(name)
+    }
+
+    /// The rule and target behind a queue key, as configured now.
+    pub fn target(&self, queue: &str) -> Option<(Rule, Target)> {
+        self.current.load().targets.get(queue).cloned()
+    }
+}
+
+fn default_bus() -> BusInfo {
+    BusInfo {
+        name: DEFAULT_BUS.into(),
+        description: Some("The default event bus".into()),
+        created: crate::event::now_rfc3339(),
+        tags: Default::default(),
+    }
+}
+
+impl Router for RuleSet {
+    fn route(&self, event: &Event) -> Vec<Route> {
+        let c = self.current.load();
+        let Some((matcher, routes)) = c.matchers.get(&event.bus) else {
+            return Vec::new();
+        };
+        let Ok(json) = serde_json::to_value(event) else {
+            return Vec::new();
+        };
+        let mut ids = matcher.matches(&json);
+        ids.sort_unstable();
+        ids.into_iter()
+            .flat_map(|i| routes[i].iter().cloned())
+            .collect()
+    }
+}
