@@ -97,12 +97,26 @@ struct Inner {
 /// The single-node bus on redb.
 pub struct EmbeddedBus {
     inner: Arc<Inner>,
-    ops: mpsc::SyncSender<Op>,
+    /// `None` only while dropping: closing the channel is what stops the committer.
+    ops: Option<mpsc::SyncSender<Op>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedBus {
+    /// Lets the committer finish the batch in hand and release the file, so the
+    /// same store can be opened again in this process (tests, restarts).
+    fn drop(&mut self) {
+        self.close();
+        drop(self.ops.take());
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// What a commit changes in memory once it is durable.
 enum After {
-    Enqueue(Delivery),
+    Enqueue(Box<Delivery>),
     Release(String),
     DeadLettered,
 }
@@ -136,11 +150,15 @@ impl EmbeddedBus {
         // Bounded, so a stalled disk pushes back on callers instead of queueing without limit.
         let (ops, rx) = mpsc::sync_channel(16_384);
         let committer = inner.clone();
-        std::thread::Builder::new()
+        let committer = std::thread::Builder::new()
             .name("busbar-commit".into())
             .spawn(move || committer.commit_loop(rx))
             .map_err(|e| BusError::Store(format!("cannot start the committer thread: {e}")))?;
-        Ok(Arc::new(EmbeddedBus { inner, ops }))
+        Ok(Arc::new(EmbeddedBus {
+            inner,
+            ops: Some(ops),
+            committer: Some(committer),
+        }))
     }
 
     /// The underlying database, for components that keep their own tables in the same file.
@@ -149,7 +167,10 @@ impl EmbeddedBus {
     }
 
     fn send(&self, op: Op) -> Result<(), BusError> {
-        self.ops.send(op).map_err(|_| BusError::Closed)
+        match &self.ops {
+            Some(ops) => ops.send(op).map_err(|_| BusError::Closed),
+            None => Err(BusError::Closed),
+        }
     }
 }
 
@@ -292,7 +313,7 @@ impl Inner {
             Ok(()) => {
                 for a in after {
                     match a {
-                        After::Enqueue(d) => self.enqueue(d),
+                        After::Enqueue(d) => self.enqueue(*d),
                         After::Release(key) => {
                             let q = self.queue(&key);
                             let mut st = q.state.lock();
@@ -399,7 +420,7 @@ impl Writer<'_, '_> {
             };
             self.put_delivery(&d)?;
             *self.pending.entry(key).or_default() += 1;
-            self.after.push(After::Enqueue(d));
+            self.after.push(After::Enqueue(Box::new(d)));
         }
         Ok(Ok(()))
     }
@@ -434,7 +455,7 @@ impl Writer<'_, '_> {
                 d.due_ms = due_ms;
                 d.last_error = Some(error);
                 self.put_delivery(&d)?;
-                self.after.push(After::Enqueue(d));
+                self.after.push(After::Enqueue(Box::new(d)));
             }
             Settle::DeadLetter { reason, keep } => {
                 self.queue.remove((d.queue.as_str(), d.seq))?;
@@ -817,5 +838,248 @@ impl Bus for EmbeddedBus {
         for q in self.inner.queues.iter() {
             q.notify.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventInput, EventLimits};
+    use serde_json::json;
+    use std::time::Duration;
+
+    /// Routes every event whose source starts with "to-" to one target named after the rest.
+    struct BySource;
+    impl Router for BySource {
+        fn route(&self, e: &Event) -> Vec<Route> {
+            match e.source.strip_prefix("to-") {
+                Some(t) => vec![Route {
+                    rule: "r".into(),
+                    target: t.into(),
+                    plugin: t.into(),
+                }],
+                None => vec![],
+            }
+        }
+    }
+
+    fn event(source: &str) -> Event {
+        EventInput::from_json(json!({"source": source, "detail-type": "t", "detail": {"n": 1}}))
+            .unwrap()
+            .into_event(&EventLimits::default())
+            .unwrap()
+    }
+
+    fn open(dir: &Path) -> Arc<EmbeddedBus> {
+        EmbeddedBus::open(EmbeddedConfig::new(dir), Arc::new(BySource)).unwrap()
+    }
+
+    async fn take(bus: &EmbeddedBus, q: &str) -> Delivery {
+        tokio::time::timeout(Duration::from_secs(5), bus.take(q))
+            .await
+            .expect("a delivery within 5 s")
+            .expect("bus open")
+    }
+
+    #[tokio::test]
+    async fn publish_routes_durably_and_ack_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = open(dir.path());
+        let res = bus
+            .publish(
+                vec![event("to-a"), event("nowhere")],
+                PublishOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res, vec![Ok(()), Ok(())]);
+        let d = take(&bus, "default/r/a").await;
+        assert_eq!(d.plugin, "a");
+        assert_eq!(bus.queue_stats()[0].in_flight, 1);
+        let out = event("to-b");
+        bus.settle(
+            d,
+            Settle::Ack {
+                new_events: vec![out],
+                stopped: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        // The handler's output was routed in the ack's commit.
+        let d2 = take(&bus, "default/r/b").await;
+        assert_eq!(d2.event.source, "to-b");
+        // Both published events and the handler's output are archived.
+        let all = |_: &Event| true;
+        let archived = bus
+            .archive(ArchiveQuery {
+                since_ms: None,
+                until_ms: None,
+                limit: 10,
+                filter: &all,
+            })
+            .await
+            .unwrap();
+        assert_eq!(archived.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn unsettled_deliveries_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let bus = open(dir.path());
+            bus.publish(vec![event("to-a")], PublishOptions::default())
+                .await
+                .unwrap();
+            // Taken but never settled: as if the process died during the plugin call.
+            take(&bus, "default/r/a").await.id
+        };
+        let bus = open(dir.path());
+        let d = take(&bus, "default/r/a").await;
+        assert_eq!(d.id, id, "the delivery id is stable across the restart");
+        bus.settle(
+            d,
+            Settle::Ack {
+                new_events: vec![],
+                stopped: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        drop(bus);
+        let bus = open(dir.path());
+        assert!(bus.queue_stats().iter().all(|q| q.backlog == 0));
+    }
+
+    #[tokio::test]
+    async fn retry_waits_until_due_and_keeps_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = open(dir.path());
+        bus.publish(vec![event("to-a")], PublishOptions::default())
+            .await
+            .unwrap();
+        let mut d = take(&bus, "default/r/a").await;
+        d.attempts = 1;
+        let due = now_ms() + 300;
+        bus.settle(
+            d,
+            Settle::Retry {
+                due_ms: due,
+                error: "boom".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let d = take(&bus, "default/r/a").await;
+        assert!(now_ms() >= due);
+        assert_eq!(d.attempts, 1);
+        assert_eq!(d.last_error.as_deref(), Some("boom"));
+    }
+
+    #[tokio::test]
+    async fn dead_letters_list_redrive_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = open(dir.path());
+        bus.publish(
+            vec![event("to-a"), event("to-a")],
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+        for _ in 0..2 {
+            let mut d = take(&bus, "default/r/a").await;
+            d.attempts = 3;
+            bus.settle(
+                d,
+                Settle::DeadLetter {
+                    reason: "rejected: bad".into(),
+                    keep: true,
+                },
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(bus.dead_letter_count(), 2);
+        let dl = bus.dead_letters(0, 10).await.unwrap();
+        assert_eq!(dl.len(), 2);
+        assert_eq!(dl[0].attempts, 3);
+        assert_eq!(dl[0].last_error, "rejected: bad");
+        assert_eq!(bus.dead_letter(dl[0].id).await.unwrap().unwrap(), dl[0]);
+        assert_eq!(bus.redrive(Some(&[dl[0].id])).await.unwrap(), 1);
+        let d = take(&bus, "default/r/a").await;
+        assert_eq!(d.id, dl[0].delivery_id);
+        assert_eq!(d.attempts, 0);
+        assert_eq!(bus.purge_dead_letters(None).await.unwrap(), 1);
+        assert_eq!(bus.dead_letter_count(), 0);
+        drop(bus);
+        let bus = open(dir.path());
+        assert_eq!(bus.dead_letter_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn full_queues_throttle_publishers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = EmbeddedConfig::new(dir.path());
+        cfg.max_queue_backlog = 2;
+        let bus = EmbeddedBus::open(cfg, Arc::new(BySource)).unwrap();
+        let res = bus
+            .publish(
+                vec![
+                    event("to-a"),
+                    event("to-a"),
+                    event("to-a"),
+                    event("elsewhere"),
+                ],
+                PublishOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res[0], Ok(()));
+        assert_eq!(res[1], Ok(()));
+        assert!(
+            matches!(&res[2], Err(PublishError::Throttled(m)) if m.contains("limit is 2")),
+            "{res:?}"
+        );
+        assert_eq!(res[3], Ok(()), "events for other queues still go through");
+    }
+
+    #[tokio::test]
+    async fn concurrent_publishers_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = open(dir.path());
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let bus = bus.clone();
+            tasks.push(tokio::spawn(async move {
+                bus.publish(vec![event("to-a")], PublishOptions::default())
+                    .await
+                    .unwrap()
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), vec![Ok(())]);
+        }
+        assert_eq!(bus.queue_stats()[0].backlog, 200);
+    }
+
+    #[tokio::test]
+    async fn replayed_events_are_not_archived_and_archive_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = open(dir.path());
+        let mut replayed = event("to-a");
+        replayed.replay_name = Some("r1".into());
+        bus.publish(vec![event("x"), replayed], PublishOptions::default())
+            .await
+            .unwrap();
+        let all = |_: &Event| true;
+        let q = || ArchiveQuery {
+            since_ms: None,
+            until_ms: None,
+            limit: 10,
+            filter: &all,
+        };
+        assert_eq!(bus.archive(q()).await.unwrap().len(), 1);
+        assert_eq!(bus.expire_archive(now_ms() + 1).await.unwrap(), 1);
+        assert!(bus.archive(q()).await.unwrap().is_empty());
     }
 }

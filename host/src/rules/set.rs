@@ -138,7 +138,8 @@ impl RuleSet {
     }
 
     fn compile(&self, c: &mut Compiled) {
-        let mut per_bus: HashMap<String, (Vec<(usize, Pattern)>, Vec<Vec<Route>>)> = HashMap::new();
+        type Pending = (Vec<(usize, Pattern)>, Vec<Vec<Route>>);
+        let mut per_bus: HashMap<String, Pending> = HashMap::new();
         c.targets.clear();
         for ((bus, name), rule) in &c.rules {
             for t in &rule.targets {
