@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod dispatch;
 pub mod event;
 pub mod ingest;

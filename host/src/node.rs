@@ -36,6 +36,7 @@ pub struct Node {
     pub rules: Arc<RuleSet>,
     pub runtime: Arc<Runtime>,
     pub dispatcher: Arc<Dispatcher>,
+    pub control: Arc<crate::control::Control>,
     pub replays: Arc<crate::dispatch::replay::Replays>,
     pub event_limits: EventLimits,
     pub tail: broadcast::Sender<TailItem>,
@@ -105,6 +106,7 @@ impl Node {
             bus,
             rules,
             runtime,
+            control: dispatcher.control.clone(),
             dispatcher,
             replays: Default::default(),
             event_limits,
@@ -113,6 +115,7 @@ impl Node {
         node.spawn_tail_forwarder();
         node.spawn_retention();
         node.spawn_config_watch();
+        crate::control::start(&node);
         Ok(node)
     }
 

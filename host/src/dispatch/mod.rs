@@ -64,6 +64,8 @@ pub struct DeliveryOutcome {
 
 struct Pool {
     concurrency: watch::Sender<usize>,
+    /// The manifest's starting level, restored when a scaling plugin goes away.
+    default: usize,
     bounds: (usize, usize),
     stats: Arc<TargetStats>,
     workers: Vec<JoinHandle<()>>,
@@ -78,6 +80,7 @@ pub struct Dispatcher {
     config: DispatchConfig,
     pools: Mutex<HashMap<String, Pool>>,
     outcomes: broadcast::Sender<DeliveryOutcome>,
+    pub control: Arc<crate::control::Control>,
 }
 
 /// A target's worker pool as the admin API shows it.
@@ -104,6 +107,7 @@ impl Dispatcher {
             config,
             pools: Mutex::new(HashMap::new()),
             outcomes: broadcast::channel(4096).0,
+            control: Default::default(),
         })
     }
 
@@ -151,8 +155,9 @@ impl Dispatcher {
             match pools.get_mut(queue) {
                 Some(pool) => {
                     // A manifest change moves the bounds; keep the current level inside them.
-                    if pool.bounds != (min, max) {
+                    if pool.bounds != (min, max) || pool.default != default {
                         pool.bounds = (min, max);
+                        pool.default = default.clamp(min, max);
                         let cur = *pool.concurrency.borrow();
                         pool.concurrency.send_replace(cur.clamp(min, max));
                         self.grow(queue, pool, max);
@@ -161,6 +166,7 @@ impl Dispatcher {
                 None => {
                     let mut pool = Pool {
                         concurrency: watch::channel(default.clamp(min, max)).0,
+                        default: default.clamp(min, max),
                         bounds: (min, max),
                         stats: Arc::new(TargetStats::default()),
                         workers: Vec::new(),
@@ -175,6 +181,9 @@ impl Dispatcher {
 
     fn bounds_for(&self, plugin: &str) -> (usize, usize, usize) {
         let cap = self.config.max_workers_per_target;
+        if plugin == crate::control::CONTROL_PLUGIN {
+            return (1, 1, 1);
+        }
         match self.runtime.manifest(plugin) {
             Some(m) => {
                 let s = &m.scaling;
@@ -209,6 +218,14 @@ impl Dispatcher {
         let applied = desired.clamp(min, max);
         let before = pool.concurrency.send_replace(applied);
         Some((before, applied))
+    }
+
+    /// Puts a target back at its manifest default; returns that level.
+    pub fn reset_concurrency(&self, queue: &str) -> Option<usize> {
+        let pools = self.pools.lock();
+        let pool = pools.get(queue)?;
+        pool.concurrency.send_replace(pool.default);
+        Some(pool.default)
     }
 
     pub fn pools(&self) -> Vec<(PoolInfo, Arc<TargetStats>)> {
@@ -266,7 +283,8 @@ impl Dispatcher {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             return false;
         };
-        if self.runtime.is_loaded(&target.plugin) {
+        if target.plugin == crate::control::CONTROL_PLUGIN || self.runtime.is_loaded(&target.plugin)
+        {
             return true;
         }
         if index == 0 {
@@ -303,6 +321,29 @@ impl Dispatcher {
             let keep = target.dead_letter;
             self.finish(d, Settle::DeadLetter { reason, keep }, None, 0.0, 0)
                 .await;
+            return;
+        }
+        if target.plugin == crate::control::CONTROL_PLUGIN {
+            d.attempts += 1;
+            let producer = d
+                .event
+                .extensions
+                .get(crate::control::PRODUCER_EXTENSION)
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            let settle =
+                match self
+                    .control
+                    .apply(self, &d.event.bus, &d.event.detail, producer.as_deref())
+                {
+                    Ok(_) => Settle::Ack {
+                        new_events: vec![],
+                        stopped: vec![],
+                    },
+                    Err(reason) => Settle::DeadLetter { reason, keep: true },
+                };
+            stats.record(0.0, matches!(settle, Settle::Ack { .. }));
+            self.finish(d, settle, None, 0.0, 0).await;
             return;
         }
         if !self.runtime.is_loaded(&target.plugin) {
@@ -407,6 +448,10 @@ impl Dispatcher {
             match input.into_event(&self.config.event_limits) {
                 Ok(mut e) => {
                     e.hops = hops;
+                    e.extensions.insert(
+                        crate::control::PRODUCER_EXTENSION.into(),
+                        serde_json::Value::String(d.plugin.clone()),
+                    );
                     if hops > self.config.hop_limit {
                         let reason = format!(
                             "hop limit of {} reached: event {} from plugin {} was produced by a chain of {} plugin calls (a rule may match its own output)",
