@@ -36,15 +36,20 @@ stale() {
 		-o -type f -newer "$out" -print -quit)" ]]
 }
 
-# Copies a build product into place only when its bytes changed, so a file
-# watcher (busbar's hot reload) does not see a rewrite of an identical plugin.
+# Work files go here, outside the watched directory, on the same file system so
+# that the final `mv` is an atomic rename: busbar never sees a half-written plugin.
+stage="$here/target/stage"
+mkdir -p "$stage"
+
+# Moves a build product into place only when its bytes changed, so busbar's hot
+# reload does not see a rewrite of an identical plugin.
 publish() {
 	local from="$1" to="$2"
 	if [[ -e "$to" ]] && cmp -s "$from" "$to"; then
-		note "$(basename "$to") unchanged ($(size "$to"))"
+		note "${to#"$here"/} unchanged ($(size "$to"))"
 	else
-		cp "$from" "$to.tmp"
-		mv -f "$to.tmp" "$to"
+		cp "$from" "$stage/publish.wasm"
+		mv -f "$stage/publish.wasm" "$to"
 		note "wrote ${to#"$here"/} ($(size "$to"))"
 	fi
 }
@@ -83,16 +88,19 @@ build_js() {
 		note "installing pinned npm packages (npm ci)"
 		(cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
 	fi
-	local wasm="$here/rewards.wasm"
-	if stale "$wasm" "$dir/src" "$dir/package-lock.json" "$wit"; then
+	# The staged copy is the freshness stamp: publish() leaves plugins/rewards.wasm
+	# untouched when a rebuild yields the same bytes.
+	local built="$stage/rewards.wasm"
+	if stale "$built" "$dir/src" "$dir/package-lock.json" "$wit" "$here/build.sh"; then
+		# fetch() is left out: outbound HTTP goes through busbar's http import.
 		(cd "$dir" && npx --no-install componentize-js src/rewards.js \
 			--wit "$wit" --world-name handler --disable http fetch-event \
-			--out "$wasm.tmp" >/dev/null)
-		mv -f "$wasm.tmp" "$wasm"
-		note "wrote rewards.wasm ($(size "$wasm"))"
+			--out "$stage/rewards.partial.wasm" >/dev/null)
+		mv -f "$stage/rewards.partial.wasm" "$built"
 	else
-		note "rewards.wasm up to date ($(size "$wasm"))"
+		note "rewards sources unchanged since the last build"
 	fi
+	publish "$built" "$here/rewards.wasm"
 }
 
 build_python() {
@@ -108,16 +116,17 @@ build_python() {
 			--no-input "componentize-py==$COMPONENTIZE_PY_VERSION"
 	fi
 	local dir="$here/notification"
-	local wasm="$here/notification.wasm"
-	if stale "$wasm" "$dir" "$wit" || [[ "$tool" -nt "$wasm" ]]; then
-		# The app must not import the venv's own site-packages: only its directory.
+	local built="$stage/notification.wasm"
+	if stale "$built" "$dir" "$wit" "$here/build.sh" || [[ "$tool" -nt "$built" ]]; then
+		# Only the app's own directory goes in, not the venv's site-packages
+		# (componentize-py would bundle those if VIRTUAL_ENV were set).
 		(cd "$dir" && env -u VIRTUAL_ENV "$tool" --wit-path "$wit" --world handler \
-			componentize --python-path . notification -o "$wasm.tmp" >/dev/null)
-		mv -f "$wasm.tmp" "$wasm"
-		note "wrote notification.wasm ($(size "$wasm"))"
+			componentize --python-path . notification -o "$stage/notification.partial.wasm" >/dev/null)
+		mv -f "$stage/notification.partial.wasm" "$built"
 	else
-		note "notification.wasm up to date ($(size "$wasm"))"
+		note "notification sources unchanged since the last build"
 	fi
+	publish "$built" "$here/notification.wasm"
 }
 
 parts=("$@")
