@@ -21,6 +21,14 @@ pub fn built(rel: &str) -> PathBuf {
     p
 }
 
+/// One compiled-plugin cache for every test process, so the large JavaScript and
+/// Python components compile once per machine rather than once per test.
+pub fn shared_cache() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/busbar-test-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -42,9 +50,10 @@ impl NodeDir {
         let port = free_port();
         std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nplugins_dir = \"{}\"\ndata_dir = \"{}\"\n[metrics]\ninterval_secs = 0\n{rules}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nplugins_dir = \"{}\"\ndata_dir = \"{}\"\ncache_dir = \"{}\"\n{rules}",
             dir.path().join("plugins").display(),
-            dir.path().join("data").display()
+            dir.path().join("data").display(),
+            shared_cache().display()
         );
         std::fs::write(dir.path().join("busbar.toml"), config).unwrap();
         NodeDir { dir, port }
