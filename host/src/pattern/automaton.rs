@@ -13,9 +13,10 @@
 //!
 //! Matching walks the event along the trie (fields no rule reads are skipped),
 //! looks each value up in its path's index and records the predicates it fires.
-//! A sub-rule fires when all of its predicates have; only sub-rules touched by a
-//! fired predicate are ever looked at, plus the few with no positive predicate
-//! at all (`exists: false` only). When the event has objects inside arrays, a
+//! Each sub-rule is filed under one *key* predicate, its rarest; a sub-rule is
+//! looked at only when its key fires (then its other predicates are checked by
+//! their stamps), plus the few with no positive predicate at all (`exists:
+//! false` only). When the event has objects inside arrays, a
 //! firing sub-rule is confirmed by choosing one value per predicate such that no
 //! two come from different elements of the same array (event-ruler's array
 //! consistency).
@@ -201,6 +202,21 @@ impl PathIndex {
     }
 }
 
+/// How much less selective a predicate is than an exact value: operators such
+/// as `anything-but`, `exists` and `numeric` fire on most values.
+fn selectivity_weight(tests: &[Test]) -> u32 {
+    let selective = tests.iter().all(|t| match t {
+        Test::ExactStr(_)
+        | Test::ExactNum(_)
+        | Test::EqualsIc(_)
+        | Test::Cidr(_)
+        | Test::Wildcard(_) => true,
+        Test::Prefix(p) | Test::Suffix(p) | Test::PrefixIc(p) | Test::SuffixIc(p) => !p.is_empty(),
+        _ => false,
+    });
+    if selective { 1 } else { 8 }
+}
+
 struct Sub {
     target: u32,
     pos: Box<[u32]>,
@@ -231,6 +247,7 @@ impl Compiled {
         let mut paths: Vec<PathIndex> = Vec::new();
         let mut pred_ids: FxHashMap<(u32, String), u32> = FxHashMap::default();
         let mut pred_lists: Vec<Vec<u32>> = Vec::new();
+        let mut weights: Vec<u32> = Vec::new();
         let mut subs = Vec::new();
         let mut always = Vec::new();
 
@@ -259,6 +276,7 @@ impl Compiled {
                         None => {
                             let p = pred_lists.len() as u32;
                             pred_lists.push(Vec::new());
+                            weights.push(selectivity_weight(tests));
                             for t in tests {
                                 paths[pid as usize].insert(t, p);
                             }
@@ -266,7 +284,6 @@ impl Compiled {
                             p
                         }
                     };
-                    pred_lists[pred as usize].push(sub_id);
                     pos.push(pred);
                 }
                 let neg: Vec<u32> = conj
@@ -282,6 +299,27 @@ impl Compiled {
                     pos: pos.into(),
                     neg: neg.into(),
                 });
+            }
+        }
+
+        // Each sub-rule is filed under one key predicate only: the one the fewest
+        // sub-rules share (weighted against operators that fire on most values).
+        // A predicate common to thousands of rules (`"ODD_EVEN": ["E"]`) then
+        // costs nothing when it fires; the rare one finds the sub-rule, which
+        // checks its other predicates by their stamps.
+        let mut refs = vec![0u32; pred_lists.len()];
+        for sub in &subs {
+            for &p in sub.pos.iter() {
+                refs[p as usize] += 1;
+            }
+        }
+        for (i, sub) in subs.iter().enumerate() {
+            if let Some(&key) = sub
+                .pos
+                .iter()
+                .min_by_key(|&&p| refs[p as usize].saturating_mul(weights[p as usize]))
+            {
+                pred_lists[key as usize].push(i as u32);
             }
         }
 
@@ -342,8 +380,6 @@ struct State {
     epoch: u32,
     pred_stamp: Vec<u32>,
     pred_head: Vec<u32>,
-    sub_stamp: Vec<u32>,
-    sub_count: Vec<u32>,
     path_stamp: Vec<u32>,
     target_stamp: Vec<u32>,
     /// (trail context, next hit of the same predicate).
@@ -411,15 +447,12 @@ impl State {
             self.epoch = 0;
             self.pred_stamp = vec![0; c.preds()];
             self.pred_head = vec![NONE; c.preds()];
-            self.sub_stamp = vec![0; c.subs.len()];
-            self.sub_count = vec![0; c.subs.len()];
             self.path_stamp = vec![0; c.paths.len()];
             self.target_stamp = vec![0; c.targets];
         }
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
             self.pred_stamp.fill(0);
-            self.sub_stamp.fill(0);
             self.path_stamp.fill(0);
             self.target_stamp.fill(0);
             self.epoch = 1;
@@ -456,20 +489,18 @@ impl State {
 
     fn finish(&mut self, c: &Compiled, out: &mut Vec<u32>) {
         let epoch = self.epoch;
-        for i in 0..self.fired.len() {
-            let pred = self.fired[i] as usize;
+        for &pred in &self.fired {
+            let pred = pred as usize;
             let (from, to) = (
                 c.pred_subs_start[pred] as usize,
                 c.pred_subs_start[pred + 1] as usize,
             );
             for &sub in &c.pred_subs[from..to] {
-                let s = sub as usize;
-                if self.sub_stamp[s] != epoch {
-                    self.sub_stamp[s] = epoch;
-                    self.sub_count[s] = 0;
-                }
-                self.sub_count[s] += 1;
-                if self.sub_count[s] as usize == c.subs[s].pos.len() {
+                if c.subs[sub as usize]
+                    .pos
+                    .iter()
+                    .all(|&p| self.pred_stamp[p as usize] == epoch)
+                {
                     self.candidates.push(sub);
                 }
             }
