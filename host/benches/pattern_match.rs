@@ -151,7 +151,7 @@ fn feature(rng: &mut Rng, i: usize) -> String {
         t = from + rng.below(50),
         s = street,
         st = st_type,
-        oe = if from % 2 == 0 { "E" } else { "O" },
+        oe = if from.is_multiple_of(2) { "E" } else { "O" },
         a = area,
         ip = ip,
         i = i,
@@ -398,7 +398,7 @@ fn main() {
                 };
                 format!(
                     r#"{{"properties":{{"STREET":["{street}"],"ODD_EVEN":["{}"]}}}}"#,
-                    if i % 2 == 0 { "E" } else { "O" }
+                    if i.is_multiple_of(2) { "E" } else { "O" }
                 )
             })
             .collect();

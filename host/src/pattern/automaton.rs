@@ -170,12 +170,12 @@ impl PathIndex {
                         hit(*p);
                     }
                 }
-                if !self.cidr.is_empty() {
-                    if let Some(ip) = parse_ip(s) {
-                        for (c, p) in &self.cidr {
-                            if c.contains(ip) {
-                                hit(*p);
-                            }
+                if !self.cidr.is_empty()
+                    && let Some(ip) = parse_ip(s)
+                {
+                    for (c, p) in &self.cidr {
+                        if c.contains(ip) {
+                            hit(*p);
                         }
                     }
                 }

@@ -167,10 +167,10 @@ fn walk(trie: &PathTrie, node: u32, v: &Value, trail: &mut Trail, sink: &mut imp
         }
         scalar => {
             let path = trie.path(node);
-            if path != NO_PATH {
-                if let Some(s) = Scalar::from_value(scalar) {
-                    sink.leaf(path, s, trail);
-                }
+            if path != NO_PATH
+                && let Some(s) = Scalar::from_value(scalar)
+            {
+                sink.leaf(path, s, trail);
             }
         }
     }

@@ -30,17 +30,9 @@ impl Range {
 
     #[inline]
     pub fn contains(&self, n: f64) -> bool {
-        if let Some(lo) = self.lower {
-            if n < lo.value || (!lo.inclusive && n == lo.value) {
-                return false;
-            }
-        }
-        if let Some(hi) = self.upper {
-            if n > hi.value || (!hi.inclusive && n == hi.value) {
-                return false;
-            }
-        }
-        true
+        let above = |lo: Bound| n > lo.value || (lo.inclusive && n == lo.value);
+        let below = |hi: Bound| n < hi.value || (hi.inclusive && n == hi.value);
+        self.lower.is_none_or(above) && self.upper.is_none_or(below)
     }
 }
 

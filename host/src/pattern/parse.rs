@@ -279,7 +279,7 @@ fn split_absent(fields: Fields, out: &mut Vec<Conj>) -> Res<()> {
         neg: Vec::new(),
     }];
     for (path, tests) in fields {
-        let absent = tests.iter().any(|t| *t == Test::Exists(false));
+        let absent = tests.contains(&Test::Exists(false));
         let rest: Vec<Test> = tests
             .into_iter()
             .filter(|t| *t != Test::Exists(false))
@@ -565,10 +565,10 @@ fn parse_anything_but(operand: &Value, path: &str) -> Res<AnythingBut> {
                 Value::Number(_) => return bad(type_error, path),
                 _ => return bad(shape_error, path),
             };
-            if let Some(msg) = empty_error {
-                if texts.iter().any(|t| t.is_empty()) {
-                    return bad(msg, path);
-                }
+            if let Some(msg) = empty_error
+                && texts.iter().any(|t| t.is_empty())
+            {
+                return bad(msg, path);
             }
             let owned = || texts.iter().map(|t| t.to_string()).collect::<Vec<_>>();
             Ok(match op {
