@@ -27,7 +27,10 @@ fn isolated(program: PathBuf, access_key: &str) -> Command {
         .env("AWS_SECRET_ACCESS_KEY", "x")
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_CONFIG_FILE", "/nonexistent/busbar-test-config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/busbar-test-credentials")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/busbar-test-credentials",
+        )
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_PAGER", "")
         .env("AWS_MAX_ATTEMPTS", "1")
@@ -42,7 +45,14 @@ fn aws_as(s: &TestServer, access_key: &str, args: &[&str]) -> Result<Value, Stri
     let out = isolated(venv_bin("aws"), access_key)
         .arg("events")
         .args(args)
-        .args(["--endpoint-url", &s.url, "--region", "us-east-1", "--output", "json"])
+        .args([
+            "--endpoint-url",
+            &s.url,
+            "--region",
+            "us-east-1",
+            "--output",
+            "json",
+        ])
         .output()
         .expect("running the awscli");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -112,7 +122,15 @@ fn awscli_rules_targets_and_events() {
     .to_string();
     let put = aws(
         &s,
-        &["put-targets", "--rule", "r1", "--event-bus-name", "orders", "--targets", &targets],
+        &[
+            "put-targets",
+            "--rule",
+            "r1",
+            "--event-bus-name",
+            "orders",
+            "--targets",
+            &targets,
+        ],
     );
     assert_eq!(put["FailedEntryCount"], 1, "{put}");
     assert_eq!(put["FailedEntries"][0]["TargetId"], "bad");
@@ -121,7 +139,13 @@ fn awscli_rules_targets_and_events() {
     // --page-size makes the awscli page through ListRules with NextToken.
     let rules = aws(
         &s,
-        &["list-rules", "--event-bus-name", "orders", "--page-size", "1"],
+        &[
+            "list-rules",
+            "--event-bus-name",
+            "orders",
+            "--page-size",
+            "1",
+        ],
     );
     let names: Vec<&str> = rules["Rules"]
         .as_array()
@@ -132,7 +156,16 @@ fn awscli_rules_targets_and_events() {
     assert_eq!(names, ["r1", "r2", "r3"]);
     assert_eq!(rules["Rules"][0]["EventPattern"], pattern);
 
-    let rule = aws(&s, &["describe-rule", "--name", "r1", "--event-bus-name", "orders"]);
+    let rule = aws(
+        &s,
+        &[
+            "describe-rule",
+            "--name",
+            "r1",
+            "--event-bus-name",
+            "orders",
+        ],
+    );
     assert_eq!(rule["Name"], "r1");
     assert_eq!(rule["State"], "ENABLED");
     assert_eq!(rule["Description"], "orders from the shop");
@@ -144,7 +177,13 @@ fn awscli_rules_targets_and_events() {
 
     let listed = aws(
         &s,
-        &["list-targets-by-rule", "--rule", "r1", "--event-bus-name", "orders"],
+        &[
+            "list-targets-by-rule",
+            "--rule",
+            "r1",
+            "--event-bus-name",
+            "orders",
+        ],
     );
     let t = listed["Targets"].as_array().unwrap();
     assert_eq!(t.len(), 2, "{listed}");
@@ -154,7 +193,10 @@ fn awscli_rules_targets_and_events() {
     assert_eq!(t[0]["RetryPolicy"]["MaximumEventAgeInSeconds"], 120);
     assert!(t[0]["DeadLetterConfig"]["Arn"].is_string());
     assert_eq!(t[1]["Arn"], "busbar:plugin:rewards");
-    assert_eq!(t[1]["InputTransformer"]["InputTemplate"], "{\"order\": <id>}");
+    assert_eq!(
+        t[1]["InputTransformer"]["InputTemplate"],
+        "{\"order\": <id>}"
+    );
 
     let entries = json!([
         {"Source": "shop", "DetailType": "OrderPlaced", "Detail": "{\"id\": 7}",
@@ -186,19 +228,61 @@ fn awscli_rules_targets_and_events() {
     .to_string();
     let r = aws(
         &s,
-        &["test-event-pattern", "--event-pattern", pattern, "--event", &event],
+        &[
+            "test-event-pattern",
+            "--event-pattern",
+            pattern,
+            "--event",
+            &event,
+        ],
     );
     assert_eq!(r["Result"], false);
 
-    let err = aws_err(&s, &["describe-rule", "--name", "nope", "--event-bus-name", "orders"]);
+    let err = aws_err(
+        &s,
+        &[
+            "describe-rule",
+            "--name",
+            "nope",
+            "--event-bus-name",
+            "orders",
+        ],
+    );
     assert!(err.contains("ResourceNotFoundException"), "{err}");
-    assert!(err.contains("Rule nope does not exist on EventBus orders."), "{err}");
+    assert!(
+        err.contains("Rule nope does not exist on EventBus orders."),
+        "{err}"
+    );
 
-    aws(&s, &["disable-rule", "--name", "r2", "--event-bus-name", "orders"]);
-    let rule = aws(&s, &["describe-rule", "--name", "r2", "--event-bus-name", "orders"]);
+    aws(
+        &s,
+        &["disable-rule", "--name", "r2", "--event-bus-name", "orders"],
+    );
+    let rule = aws(
+        &s,
+        &[
+            "describe-rule",
+            "--name",
+            "r2",
+            "--event-bus-name",
+            "orders",
+        ],
+    );
     assert_eq!(rule["State"], "DISABLED");
-    aws(&s, &["delete-rule", "--name", "r2", "--event-bus-name", "orders"]);
-    let err = aws_err(&s, &["describe-rule", "--name", "r2", "--event-bus-name", "orders"]);
+    aws(
+        &s,
+        &["delete-rule", "--name", "r2", "--event-bus-name", "orders"],
+    );
+    let err = aws_err(
+        &s,
+        &[
+            "describe-rule",
+            "--name",
+            "r2",
+            "--event-bus-name",
+            "orders",
+        ],
+    );
     assert!(err.contains("ResourceNotFoundException"), "{err}");
     let buses = aws(&s, &["list-event-buses"]);
     assert_eq!(buses["EventBuses"].as_array().unwrap().len(), 2);
@@ -225,7 +309,13 @@ fn awscli_test_event_pattern_matches() {
     assert_eq!(r["Result"], true);
     let err = aws_err(
         &s,
-        &["put-rule", "--name", "bad", "--event-pattern", r#"{"source": "shop"}"#],
+        &[
+            "put-rule",
+            "--name",
+            "bad",
+            "--event-pattern",
+            r#"{"source": "shop"}"#,
+        ],
     );
     assert!(err.contains("InvalidEventPatternException"), "{err}");
 }

@@ -136,7 +136,11 @@ async fn list_rules(
         .rules
         .values()
         .filter(|r| q.bus.as_ref().is_none_or(|b| &r.bus == b))
-        .filter(|r| q.prefix.as_ref().is_none_or(|p| r.name.starts_with(p.as_str())))
+        .filter(|r| {
+            q.prefix
+                .as_ref()
+                .is_none_or(|p| r.name.starts_with(p.as_str()))
+        })
         .collect();
     Ok(Json(json!({"rules": rules})))
 }
@@ -346,7 +350,9 @@ async fn get_dead_letter(
     let id = dead_letter_id(p)?;
     match node.bus.dead_letter(id).await? {
         Some(dl) => Ok(Json(json!(dl))),
-        None => Err(ApiError::not_found(format!("dead letter {id} does not exist"))),
+        None => Err(ApiError::not_found(format!(
+            "dead letter {id} does not exist"
+        ))),
     }
 }
 
@@ -356,7 +362,9 @@ async fn delete_dead_letter(
 ) -> Result<Json<Value>> {
     let id = dead_letter_id(p)?;
     match node.bus.purge_dead_letters(Some(&[id])).await? {
-        0 => Err(ApiError::not_found(format!("dead letter {id} does not exist"))),
+        0 => Err(ApiError::not_found(format!(
+            "dead letter {id} does not exist"
+        ))),
         n => Ok(Json(json!({"purged": n}))),
     }
 }
@@ -411,7 +419,9 @@ async fn start_replay(
     }
     let bus = req.bus.as_deref().unwrap_or(crate::event::DEFAULT_BUS);
     if !node.rules.has_bus(bus) {
-        return Err(ApiError::not_found(format!("Event bus {bus} does not exist.")));
+        return Err(ApiError::not_found(format!(
+            "Event bus {bus} does not exist."
+        )));
     }
     for r in req.rules.iter().flatten() {
         if node.rules.get(bus, r).is_none() {

@@ -56,8 +56,9 @@ pub fn check(server: &ServerConfig, headers: &HeaderMap, scope: Scope) -> Result
         Scope::Publish if is_admin || is_publish => Ok(()),
         Scope::Admin if is_publish => Err(Denied {
             status: StatusCode::FORBIDDEN,
-            message: "the publish token may only publish events; this request needs the admin token"
-                .into(),
+            message:
+                "the publish token may only publish events; this request needs the admin token"
+                    .into(),
         }),
         _ => Err(Denied {
             status: StatusCode::UNAUTHORIZED,
@@ -115,7 +116,10 @@ fn sigv4_scope(auth: &str) -> Option<&str> {
 fn same(expected: &str, given: &str) -> bool {
     let a = Sha256::digest(expected.as_bytes());
     let b = Sha256::digest(given.as_bytes());
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]
@@ -141,7 +145,10 @@ mod tests {
 
     #[test]
     fn open_without_tokens_even_with_a_signature() {
-        let h = with("authorization", "AWS4-HMAC-SHA256 Credential=x/1/us-east-1/events/aws4_request");
+        let h = with(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=x/1/us-east-1/events/aws4_request",
+        );
         assert!(check(&server(None, None), &h, Scope::Admin).is_ok());
         assert!(check(&server(None, None), &HeaderMap::new(), Scope::Publish).is_ok());
     }

@@ -107,7 +107,10 @@ impl Ctx<'_> {
         } else {
             format!("{bus}/{name}")
         };
-        format!("arn:aws:events:{}:{DEFAULT_ACCOUNT}:rule/{path}", self.region)
+        format!(
+            "arn:aws:events:{}:{DEFAULT_ACCOUNT}:rule/{path}",
+            self.region
+        )
     }
 }
 
@@ -401,7 +404,10 @@ fn entry_event(ctx: &Ctx<'_>, i: usize, v: Value) -> std::result::Result<Event, 
     let invalid = |err: AwsError| EventError::invalid(err.message);
     let source = e.str("Source").map_err(invalid)?;
     let detail_type = e.str("DetailType").map_err(invalid)?;
-    let resources = e.str_list("Resources").map_err(invalid)?.unwrap_or_default();
+    let resources = e
+        .str_list("Resources")
+        .map_err(invalid)?
+        .unwrap_or_default();
     let bus = e.str("EventBusName").map_err(invalid)?;
     let time = match e.take("Time") {
         None => None,
@@ -414,12 +420,12 @@ fn entry_event(ctx: &Ctx<'_>, i: usize, v: Value) -> std::result::Result<Event, 
     let detail = match e.take("Detail") {
         None => None,
         Some(Value::String(text)) => Some(
-            parse_json_bytes(text.as_bytes(), ctx.node.config.limits.max_depth).map_err(
-                |err| EventError {
+            parse_json_bytes(text.as_bytes(), ctx.node.config.limits.max_depth).map_err(|err| {
+                EventError {
                     code: "MalformedDetail",
                     message: format!("Entries[{i}].Detail is not valid JSON: {}", err.message),
-                },
-            )?,
+                }
+            })?,
         ),
         Some(other) => {
             return Err(EventError::invalid(format!(
@@ -489,7 +495,8 @@ fn entry_time(t: &Value) -> Option<String> {
         return None;
     }
     let t = time::OffsetDateTime::from_unix_timestamp(epoch.floor() as i64).ok()?;
-    t.format(&time::format_description::well_known::Rfc3339).ok()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 // ---- Rules ----
@@ -522,16 +529,17 @@ fn require_bus(ctx: &Ctx<'_>, bus: &str) -> Result<()> {
     if ctx.node.rules.has_bus(bus) {
         Ok(())
     } else {
-        Err(AwsError::not_found(format!("Event bus {bus} does not exist.")))
+        Err(AwsError::not_found(format!(
+            "Event bus {bus} does not exist."
+        )))
     }
 }
 
 fn find_rule(ctx: &Ctx<'_>, bus: &str, name: &str) -> Result<Rule> {
     require_bus(ctx, bus)?;
-    ctx.node
-        .rules
-        .get(bus, name)
-        .ok_or_else(|| AwsError::not_found(format!("Rule {name} does not exist on EventBus {bus}.")))
+    ctx.node.rules.get(bus, name).ok_or_else(|| {
+        AwsError::not_found(format!("Rule {name} does not exist on EventBus {bus}."))
+    })
 }
 
 async fn put_rule(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
@@ -542,9 +550,9 @@ async fn put_rule(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
             "ScheduleExpression is not supported: busbar rules match events; give an EventPattern",
         ));
     }
-    let pattern = p.str("EventPattern")?.ok_or_else(|| {
-        AwsError::validation("Parameter(s) EventPattern must be specified.")
-    })?;
+    let pattern = p
+        .str("EventPattern")?
+        .ok_or_else(|| AwsError::validation("Parameter(s) EventPattern must be specified."))?;
     let state = match p.str("State")?.as_deref() {
         None | Some("ENABLED") | Some("ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS") => {
             RuleState::Enabled
@@ -745,7 +753,11 @@ async fn put_targets(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
     let targets = p
         .list("Targets")?
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| AwsError::validation("1 validation error detected: Targets is required and must not be empty"))?;
+        .ok_or_else(|| {
+            AwsError::validation(
+                "1 validation error detected: Targets is required and must not be empty",
+            )
+        })?;
     let rule = find_rule(ctx, &bus, &name)?;
     let mut failed = Vec::new();
     let mut accepted: Vec<Target> = Vec::new();
@@ -800,7 +812,11 @@ async fn remove_targets(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
     let ids = p
         .str_list("Ids")?
         .filter(|i| !i.is_empty())
-        .ok_or_else(|| AwsError::validation("1 validation error detected: Ids is required and must not be empty"))?;
+        .ok_or_else(|| {
+            AwsError::validation(
+                "1 validation error detected: Ids is required and must not be empty",
+            )
+        })?;
     let rule = find_rule(ctx, &bus, &name)?;
     let (present, missing): (Vec<String>, Vec<String>) = ids
         .into_iter()
@@ -872,8 +888,10 @@ fn test_event_pattern(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
             format!("Event pattern is not valid. Reason: {e}"),
         )
     })?;
-    let event = parse_json_bytes(event.as_bytes(), ctx.node.config.limits.max_depth)
-        .map_err(|e| AwsError::validation(format!("Parameter Event is not valid: {}", e.message)))?;
+    let event =
+        parse_json_bytes(event.as_bytes(), ctx.node.config.limits.max_depth).map_err(|e| {
+            AwsError::validation(format!("Parameter Event is not valid: {}", e.message))
+        })?;
     if !event.is_object() {
         return Err(AwsError::validation(format!(
             "Parameter Event is not valid: it must be a JSON object, got {}",
@@ -965,7 +983,10 @@ mod tests {
 
     #[test]
     fn target_arns_name_plugins() {
-        assert_eq!(plugin_of_arn("busbar:plugin:payment-check").as_deref(), Some("payment-check"));
+        assert_eq!(
+            plugin_of_arn("busbar:plugin:payment-check").as_deref(),
+            Some("payment-check")
+        );
         assert_eq!(
             plugin_of_arn("arn:aws:lambda:us-east-1:123456789012:function:rewards").as_deref(),
             Some("rewards")
@@ -974,19 +995,31 @@ mod tests {
             plugin_of_arn("arn:aws:lambda:us-east-1:123456789012:function:rewards:PROD").as_deref(),
             Some("rewards")
         );
-        assert_eq!(plugin_of_arn("notification").as_deref(), Some("notification"));
-        assert_eq!(plugin_of_arn("arn:aws:sqs:us-east-1:123456789012:queue"), None);
+        assert_eq!(
+            plugin_of_arn("notification").as_deref(),
+            Some("notification")
+        );
+        assert_eq!(
+            plugin_of_arn("arn:aws:sqs:us-east-1:123456789012:queue"),
+            None
+        );
         assert_eq!(plugin_of_arn("a/b"), None);
     }
 
     #[test]
     fn times_from_botocore_and_strings() {
-        assert_eq!(entry_time(&json!(0)).as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(
+            entry_time(&json!(0)).as_deref(),
+            Some("1970-01-01T00:00:00Z")
+        );
         assert_eq!(
             entry_time(&json!(1700000000.5)).as_deref(),
             Some("2023-11-14T22:13:20Z")
         );
-        assert_eq!(entry_time(&json!("1700000000")).as_deref(), Some("2023-11-14T22:13:20Z"));
+        assert_eq!(
+            entry_time(&json!("1700000000")).as_deref(),
+            Some("2023-11-14T22:13:20Z")
+        );
         assert_eq!(
             entry_time(&json!("2024-01-01T00:00:00Z")).as_deref(),
             Some("2024-01-01T00:00:00Z")

@@ -67,7 +67,13 @@ enum Mode {
 
 fn media_type(headers: &HeaderMap) -> Option<String> {
     let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    Some(
+        ct.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
 }
 
 fn mode(headers: &HeaderMap) -> Option<Mode> {
@@ -217,7 +223,9 @@ fn structured(value: Value, bus: Option<String>, node: &Node) -> Result<Event, E
         (None, Some(b64)) => {
             base64::engine::general_purpose::STANDARD
                 .decode(b64.as_bytes())
-                .map_err(|e| EventError::invalid(format!("data_base64 is not valid base64: {e}")))?;
+                .map_err(|e| {
+                    EventError::invalid(format!("data_base64 is not valid base64: {e}"))
+                })?;
             detail_of_base64(b64)
         }
         (None, None) => Value::Object(Map::new()),
@@ -242,12 +250,15 @@ fn binary(
                 "header {name} is not visible ASCII; percent-encode other characters"
             ))
         })?;
-        let text = percent_decode(raw)
-            .map_err(|e| EventError::invalid(format!("header {name}: {e}")))?;
+        let text =
+            percent_decode(raw).map_err(|e| EventError::invalid(format!("header {name}: {e}")))?;
         attrs.set(attr.to_string(), Value::String(text))?;
     }
     let media = media_type(headers);
-    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         attrs
             .extensions
             .insert("datacontenttype".into(), Value::String(ct.to_string()));
@@ -256,10 +267,16 @@ fn binary(
         Value::Object(Map::new())
     } else {
         match media.as_deref() {
-            None => detail_of(json_data(body, node, "the body (no Content-Type: read as JSON)")?),
-            Some(m) if m == "application/json" || m.ends_with("+json") => {
-                detail_of(json_data(body, node, &format!("the body (Content-Type {m})"))?)
-            }
+            None => detail_of(json_data(
+                body,
+                node,
+                "the body (no Content-Type: read as JSON)",
+            )?),
+            Some(m) if m == "application/json" || m.ends_with("+json") => detail_of(json_data(
+                body,
+                node,
+                &format!("the body (Content-Type {m})"),
+            )?),
             Some(m) if m.starts_with("text/") => {
                 let text = std::str::from_utf8(body).map_err(|e| {
                     EventError::invalid(format!(
@@ -463,8 +480,17 @@ mod tests {
 
     #[test]
     fn data_is_wrapped_unless_an_object() {
-        assert_eq!(detail_of(serde_json::json!({"a": 1})), serde_json::json!({"a": 1}));
-        assert_eq!(detail_of(serde_json::json!([1])), serde_json::json!({"data": [1]}));
-        assert_eq!(detail_of(serde_json::json!("x")), serde_json::json!({"data": "x"}));
+        assert_eq!(
+            detail_of(serde_json::json!({"a": 1})),
+            serde_json::json!({"a": 1})
+        );
+        assert_eq!(
+            detail_of(serde_json::json!([1])),
+            serde_json::json!({"data": [1]})
+        );
+        assert_eq!(
+            detail_of(serde_json::json!("x")),
+            serde_json::json!({"data": "x"})
+        );
     }
 }

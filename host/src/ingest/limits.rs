@@ -15,9 +15,9 @@ pub enum BodyError {
 impl BodyError {
     pub fn message(&self) -> String {
         match self {
-            BodyError::TooLarge { limit } => format!(
-                "request body is larger than limits.max_body_bytes ({limit} bytes)"
-            ),
+            BodyError::TooLarge { limit } => {
+                format!("request body is larger than limits.max_body_bytes ({limit} bytes)")
+            }
             BodyError::Unreadable(e) => format!("could not read the request body: {e}"),
         }
     }
@@ -26,9 +26,11 @@ impl BodyError {
 impl From<BodyError> for ApiError {
     fn from(e: BodyError) -> Self {
         match e {
-            BodyError::TooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLarge", e.message())
-            }
+            BodyError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLarge",
+                e.message(),
+            ),
             BodyError::Unreadable(_) => ApiError::bad_request("BadRequest", e.message()),
         }
     }
@@ -46,10 +48,11 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let inner = e.into_inner();
-        let over = std::iter::successors(Some(&*inner as &(dyn std::error::Error + 'static)), |e| {
-            e.source()
-        })
-        .any(|e| e.is::<http_body_util::LengthLimitError>());
+        let over =
+            std::iter::successors(Some(&*inner as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
         if over {
             BodyError::TooLarge { limit }
         } else {
@@ -63,9 +66,7 @@ pub fn check_entries(n: usize, limit: usize) -> Result<(), ApiError> {
     if n > limit {
         return Err(ApiError::bad_request(
             "TooManyEntries",
-            format!(
-                "request has {n} entries; limits.max_entries_per_request is {limit}"
-            ),
+            format!("request has {n} entries; limits.max_entries_per_request is {limit}"),
         ));
     }
     if n == 0 {

@@ -31,7 +31,9 @@ pub async fn render(State(node): NodeState) -> Response {
         Some(Err(e)) => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("metrics are unavailable: the Prometheus recorder could not be installed: {e}"),
+                format!(
+                    "metrics are unavailable: the Prometheus recorder could not be installed: {e}"
+                ),
             )
                 .into_response();
         }
@@ -46,7 +48,10 @@ pub async fn render(State(node): NodeState) -> Response {
             .set(q.oldest_age_ms as f64 / 1000.0);
     }
     let plugins = node.runtime.status();
-    let loaded = plugins.iter().filter(|p| node.runtime.is_loaded(&p.name)).count();
+    let loaded = plugins
+        .iter()
+        .filter(|p| node.runtime.is_loaded(&p.name))
+        .count();
     metrics::gauge!("busbar_plugins_loaded").set(loaded as f64);
     let mut resp = handle.render().into_response();
     resp.headers_mut().insert(

@@ -268,7 +268,11 @@ pub fn batch_response(outcomes: &[EntryOutcome]) -> Response {
 }
 
 /// Refuses a request whose token does not allow `scope`, as a native/admin error.
-pub fn authorize(node: &Node, headers: &axum::http::HeaderMap, scope: auth::Scope) -> Result<(), ApiError> {
+pub fn authorize(
+    node: &Node,
+    headers: &axum::http::HeaderMap,
+    scope: auth::Scope,
+) -> Result<(), ApiError> {
     auth::check(&node.config.server, headers, scope).map_err(|d| {
         let code = if d.status == StatusCode::FORBIDDEN {
             "Forbidden"

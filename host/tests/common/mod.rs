@@ -194,6 +194,9 @@ impl Reply {
 
     /// `__type` of an AWS JSON error body.
     pub fn aws_type(&self) -> String {
-        self.json()["__type"].as_str().unwrap_or_default().to_string()
+        self.json()["__type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
