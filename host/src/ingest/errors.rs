@@ -135,7 +135,7 @@ impl IntoResponse for AwsError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(AMZ_JSON));
         // botocore reads the code from this header first when it is present.
         if let Ok(v) = HeaderValue::from_str(self.kind) {
-            headers.insert("x-amzn-ErrorType", v);
+            headers.insert("x-amzn-errortype", v);
         }
         resp
     }

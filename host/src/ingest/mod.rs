@@ -42,17 +42,41 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> anyhow
     serve_with_shutdown(node, listener, shutdown_signal()).await
 }
 
-/// [`serve`] until `signal` completes (tests pass their own).
+/// How long requests still open at shutdown (a `tail` stream, a slow upload)
+/// may take before their connections are closed.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`serve`] until `signal` completes (tests pass their own). Requests in
+/// flight then get [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve_with_shutdown(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    axum::serve(listener, router(node.clone()))
-        .with_graceful_shutdown(signal)
-        .await
-        .map_err(|e| anyhow::anyhow!("HTTP server on {addr} failed: {e}"))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop.send(true);
+    });
+    let mut on_stop = stopped.clone();
+    let server = axum::serve(listener, router(node.clone())).with_graceful_shutdown(async move {
+        let _ = on_stop.wait_for(|s| *s).await;
+    });
+    let mut on_grace = stopped;
+    // Streams such as /v1/tail never end by themselves; without a bound they
+    // would hold the shutdown forever.
+    let grace = async move {
+        let _ = on_grace.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = server => r.map_err(|e| anyhow::anyhow!("HTTP server on {addr} failed: {e}"))?,
+        _ = grace => tracing::warn!(
+            "closing connections still open {} s after shutdown began",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
     node.bus.close();
     Ok(())
 }
