@@ -23,7 +23,6 @@ pub mod metrics;
 pub mod native;
 pub mod tail;
 
-use crate::bus::PublishError;
 use crate::event::{Event, EventError};
 use crate::node::Node;
 use axum::Router;
@@ -241,7 +240,7 @@ pub async fn publish_entries(
         .into_iter()
         .map(|o| {
             o.unwrap_or_else(|| EntryOutcome::Failed {
-                code: PublishError::Store(String::new()).code(),
+                code: "InternalException",
                 message: "the store returned no result for this entry".into(),
             })
         })
