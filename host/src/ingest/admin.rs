@@ -309,7 +309,9 @@ async fn targets(State(node): NodeState) -> Json<Value> {
                 "error_rate": stats.error_rate,
                 "p50_ms": stats.p50_ms,
                 "p99_ms": stats.p99_ms,
-                "plugin_loaded": node.runtime.is_loaded(&target.plugin),
+                "plugin_loaded": target.plugin == crate::control::CONTROL_PLUGIN
+                    || node.runtime.is_loaded(&target.plugin),
+                "last_scaling": node.control.decision(queue),
             })
         })
         .collect();
