@@ -1002,7 +1002,7 @@ fn rules_crud_over_v1() {
         "Rule orders does not exist on EventBus default."
     );
 
-    let (status, text) = put("/v1/rules/nobus/x", json!({"pattern": {}}));
+    let (status, text) = put("/v1/rules/nobus/x", json!({"pattern": {"source": ["x"]}}));
     assert_eq!(status, 404, "{text}");
     let (status, text) = put("/v1/rules/default/x", json!({"pattern": 5}));
     assert_eq!(status, 400, "{text}");
