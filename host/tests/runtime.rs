@@ -375,3 +375,416 @@ async fn changes_are_broadcast() {
         }
     );
 }
+
+fn payment_processed(customer: &str, total_cost: f64) -> busbar::event::Event {
+    event(
+        "payment-service",
+        "Payment Processed",
+        json!({"customer_id": customer, "total_cost": total_cost}),
+    )
+}
+
+/// rewards is JavaScript (componentize-js): points go into kv, and the kv
+/// survives a restart of the runtime on the same redb file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewards_keeps_balances_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    install(
+        dir.path(),
+        "rewards",
+        "rewards",
+        Some(&shipped_manifest("rewards")),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let kv_path = data.path().join("kv.redb");
+    {
+        let rt = runtime(dir.path(), &kv_path, false);
+        rt.start().await.unwrap();
+        let out = rt
+            .call("rewards", payment_processed("c1", 250.7), delivery())
+            .await
+            .unwrap();
+        assert_eq!(out[0].detail_type, "RewardsGranted");
+        assert_eq!(
+            out[0].detail,
+            json!({"customer_id": "c1", "points": 250, "balance": 250})
+        );
+        let out = rt
+            .call("rewards", payment_processed("c1", 10.0), delivery())
+            .await
+            .unwrap();
+        assert_eq!(out[0].detail["balance"], 260);
+        // The same delivery again (a retry) does not add the points twice.
+        let d = delivery();
+        rt.call("rewards", payment_processed("c2", 5.0), d.clone())
+            .await
+            .unwrap();
+        let again = rt
+            .call("rewards", payment_processed("c2", 5.0), d)
+            .await
+            .unwrap();
+        assert_eq!(again[0].detail["balance"], 5);
+        let err = rt
+            .call(
+                "rewards",
+                event(
+                    "payment-service",
+                    "Payment Processed",
+                    json!({"total_cost": 1}),
+                ),
+                delivery(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CallError::Reject { message, .. } if message.contains("customer_id")),
+            "{err}"
+        );
+    }
+    let rt = runtime(dir.path(), &kv_path, false);
+    rt.start().await.unwrap();
+    let out = rt
+        .call("rewards", payment_processed("c1", 1.0), delivery())
+        .await
+        .unwrap();
+    assert_eq!(out[0].detail["balance"], 261);
+}
+
+/// A webhook sink on 127.0.0.1:0 that answers each request with the next
+/// status from `statuses` and records the request bodies.
+fn webhook_sink(statuses: Vec<u16>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    std::thread::spawn(move || {
+        for (stream, status) in listener.incoming().zip(statuses) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            seen.lock().unwrap().push(String::from_utf8(body).unwrap());
+            write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .unwrap();
+        }
+    });
+    (addr, bodies)
+}
+
+/// notification is Python (componentize-py): it POSTs to the webhook the
+/// manifest allows, and a non-2xx answer asks for a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_posts_to_the_allowed_webhook() {
+    let (addr, bodies) = webhook_sink(vec![200, 503]);
+    let manifest = format!(
+        "[limits]\ntimeout_ms = 5000\n[http]\nallowed_hosts = [\"{addr}\"]\n[config]\nwebhook_url = \"http://{addr}/notify\"\n"
+    );
+    let h = Harness::new(&[("notification", Some(&manifest))], false).await;
+    let order = json!({"order_id": 42, "amount": 600, "customer_id": "c9"});
+    let out =
+        h.rt.call(
+            "notification",
+            event("payment-service", "PaymentFailed", order.clone()),
+            delivery(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out[0].detail_type, "NotificationSent");
+    assert_eq!(out[0].detail["status"], 200);
+    assert_eq!(
+        out[0].detail["message"],
+        "Order 42 for 600.00: payment failed"
+    );
+    let sent: Value = serde_json::from_str(&bodies.lock().unwrap()[0]).unwrap();
+    assert_eq!(sent["to"], "c9");
+
+    let err =
+        h.rt.call(
+            "notification",
+            event("payment-service", "PaymentFailed", order),
+            delivery(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CallError::Retry { message, .. } if message.contains("503")),
+        "{err}"
+    );
+    // Events from other sources are ignored.
+    let none =
+        h.rt.call(
+            "notification",
+            event("elsewhere", "PaymentFailed", json!({})),
+            delivery(),
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_without_permission_is_denied() {
+    let manifest = "[config]\nwebhook_url = \"http://127.0.0.1:9/notify\"\n";
+    let h = Harness::new(&[("notification", Some(manifest))], false).await;
+    let err =
+        h.rt.call(
+            "notification",
+            event("order-service", "OrderCreated", json!({"order_id": 1})),
+            delivery(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CallError::Reject { message, .. } if message.contains("127.0.0.1:9 is not in http.allowed_hosts")),
+        "{err}"
+    );
+}
+
+fn metrics_event(time: &str, backlog: u64, concurrency: u64) -> busbar::event::Event {
+    busbar::event::EventInput::from_json(json!({
+        "source": "busbar",
+        "detail-type": "Target Metrics",
+        "time": time,
+        "detail": {
+            "bus": "default",
+            "targets": [{"target": "orders/payment-check", "plugin": "payment-check",
+                         "backlog": backlog, "in_flight": 2, "concurrency": concurrency,
+                         "min_concurrency": 1, "max_concurrency": 16, "processed_per_sec": 35.5,
+                         "error_rate": 0.0, "p99_ms": 12.5, "oldest_age_ms": 800}],
+            "plugins": [{"name": "payment-check", "instances": 2}]
+        }
+    }))
+    .unwrap()
+    .into_event(&Default::default())
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaler_scales_out_clamps_and_cools_down() {
+    let h = Harness::new(
+        &[("autoscaler", Some(&shipped_manifest("autoscaler")))],
+        false,
+    )
+    .await;
+    let call = |e| h.rt.call("autoscaler", e, delivery());
+    let out = call(metrics_event("2024-05-01T12:00:00Z", 120, 2))
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].source, "busbar.autoscaler");
+    assert_eq!(out[0].detail_type, "ScaleTarget");
+    assert_eq!(out[0].detail["target"], "orders/payment-check");
+    assert_eq!(out[0].detail["desired_concurrency"], 13);
+
+    let capped = call(metrics_event("2024-05-01T12:00:05Z", 1000, 13))
+        .await
+        .unwrap();
+    assert_eq!(capped[0].detail["desired_concurrency"], 16);
+    assert!(
+        capped[0].detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_concurrency")
+    );
+
+    // Idle 10 s after a scale-out: the cooldown holds the target.
+    assert!(
+        call(metrics_event("2024-05-01T12:00:15Z", 0, 16))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // After the cooldown it shrinks by half per step.
+    let shrink = call(metrics_event("2024-05-01T12:01:00Z", 0, 16))
+        .await
+        .unwrap();
+    assert_eq!(shrink[0].detail["desired_concurrency"], 8);
+}
+
+const ECHO_FAST: &str = "[instances]\npolicy = \"reuse\"\n";
+
+fn version_of(out: &[busbar::runtime::NewEvent]) -> i64 {
+    out[0].detail["version"]
+        .as_i64()
+        .expect("echo answers with its version")
+}
+
+/// Replacing the .wasm while calls run: no call fails, and the new version
+/// takes over (through the watcher, not a rescan).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_loses_no_call() {
+    let h = Harness::new(&[], true).await;
+    install(h.plugins.path(), "echo", "echo-v1", Some(ECHO_FAST));
+    let rt = h.rt.clone();
+    eventually("echo v1 to load", || rt.is_loaded("echo")).await;
+    let first = h.call("echo", "e", json!({})).await.unwrap();
+    assert_eq!(version_of(&first), 1);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let caller = {
+        let (rt, stop) = (h.rt.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = rt
+                    .call("echo", event("t", "e", json!({})), delivery())
+                    .await;
+                let out = out.expect("no call may fail during a reload");
+                seen.push(version_of(&out));
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // A plain (non-atomic) overwrite, as `cp` does it.
+    std::fs::copy(wasm("echo-v2"), h.path("echo.wasm")).unwrap();
+    let mut v2_seen = false;
+    // Bounded at ~30 s against hanging; the benchmark measures how fast it really is.
+    for _ in 0..30_000 {
+        if version_of(&h.call("echo", "e", json!({})).await.unwrap()) == 2 {
+            v2_seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = caller.await.unwrap();
+    assert!(v2_seen, "version 2 never answered");
+    assert!(!seen.is_empty());
+    // Versions only move forward: once 2 answered, 1 never does again.
+    let first_v2 = seen.iter().position(|&v| v == 2).unwrap_or(seen.len());
+    assert!(seen[first_v2..].iter().all(|&v| v == 2), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_files_never_replace_a_good_version() {
+    let h = Harness::new(&[], false).await;
+    install(h.plugins.path(), "echo", "echo-v1", None);
+    h.rt.rescan().await.unwrap();
+    let good = h.rt.status()[0].version.clone().unwrap();
+    assert_eq!(
+        version_of(&h.call("echo", "e", json!({})).await.unwrap()),
+        1
+    );
+
+    let full = std::fs::read(wasm("echo-v2")).unwrap();
+    let bad: [(&str, Vec<u8>); 3] = [
+        ("truncated", full[..full.len() / 2].to_vec()),
+        ("garbage", b"\0asm this is not a component".to_vec()),
+        // A valid core module is not a component of the handler world.
+        ("core module", b"\0asm\x01\0\0\0".to_vec()),
+    ];
+    for (what, bytes) in bad {
+        std::fs::write(h.path("echo.wasm"), &bytes).unwrap();
+        h.rt.rescan().await.unwrap();
+        let status = &h.rt.status()[0];
+        assert_eq!(status.state, PluginState::Loaded, "{what}");
+        assert_eq!(status.version.as_deref(), Some(good.as_str()), "{what}");
+        let error = status
+            .last_error
+            .as_deref()
+            .unwrap_or_else(|| panic!("{what}: no last_error"));
+        assert!(error.contains("echo.wasm"), "{what}: {error}");
+        assert_eq!(
+            version_of(&h.call("echo", "e", json!({})).await.unwrap()),
+            1,
+            "{what}"
+        );
+    }
+    // A bad manifest is refused the same way.
+    std::fs::copy(wasm("echo-v2"), h.path("echo.wasm")).unwrap();
+    std::fs::write(h.path("echo.toml"), "[limits]\nmemory_mib = \"lots\"\n").unwrap();
+    h.rt.rescan().await.unwrap();
+    assert!(
+        h.rt.status()[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("echo.toml")
+    );
+    assert_eq!(
+        version_of(&h.call("echo", "e", json!({})).await.unwrap()),
+        1
+    );
+    // Fixing the manifest loads v2 and clears the error.
+    std::fs::write(h.path("echo.toml"), "[limits]\nmemory_mib = 8\n").unwrap();
+    h.rt.rescan().await.unwrap();
+    assert_eq!(
+        version_of(&h.call("echo", "e", json!({})).await.unwrap()),
+        2
+    );
+    assert_eq!(h.rt.status()[0].last_error, None);
+    assert_eq!(h.rt.manifest("echo").unwrap().limits.memory_mib, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_unloads_deleted_plugins_and_applies_manifest_changes() {
+    let h = Harness::new(&[("testkit", None)], true).await;
+    let mut changes = h.rt.subscribe();
+    assert!(h.call("testkit", "config", json!({})).await.unwrap()[0].detail == json!({}));
+
+    std::fs::write(h.path("testkit.toml"), "[config]\ncolour = \"blue\"\n").unwrap();
+    let loaded = changes.recv().await.unwrap();
+    assert!(
+        matches!(&loaded, RegistryChange::Loaded { name, .. } if name == "testkit"),
+        "{loaded:?}"
+    );
+    assert_eq!(
+        h.call("testkit", "config", json!({})).await.unwrap()[0].detail,
+        json!({"colour": "blue"})
+    );
+
+    std::fs::remove_file(h.path("testkit.wasm")).unwrap();
+    assert_eq!(
+        changes.recv().await.unwrap(),
+        RegistryChange::Unloaded {
+            name: "testkit".into()
+        }
+    );
+    assert!(!h.rt.is_loaded("testkit"));
+    let err = h.call("testkit", "echo", json!({})).await.unwrap_err();
+    assert_eq!(
+        err,
+        CallError::NotLoaded {
+            plugin: "testkit".into()
+        }
+    );
+    assert_eq!(h.rt.status()[0].state, PluginState::Unloaded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_serializes_for_the_admin_api() {
+    let h = Harness::new(
+        &[("payment-check", Some(&shipped_manifest("payment-check")))],
+        false,
+    )
+    .await;
+    h.call("payment-check", "OrderCreated", json!({"amount": 1}))
+        .await
+        .unwrap();
+    let v = serde_json::to_value(h.rt.status()).unwrap();
+    let p = &v[0];
+    assert_eq!(p["name"], "payment-check");
+    assert_eq!(p["state"], "loaded");
+    assert_eq!(p["policy"], "reuse");
+    assert_eq!(p["limits"]["memory_mib"], 16);
+    assert_eq!(p["version"].as_str().unwrap().len(), 12);
+    assert!(busbar::event::parse_time(p["loaded_at"].as_str().unwrap()).is_ok());
+    assert_eq!(p["calls"], 1);
+    assert_eq!(p["instances"], 1);
+}
