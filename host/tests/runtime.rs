@@ -788,3 +788,83 @@ async fn status_serializes_for_the_admin_api() {
     assert_eq!(p["calls"], 1);
     assert_eq!(p["instances"], 1);
 }
+
+/// With every instance busy, a call waits briefly for one and then fails with
+/// TooManyInstances (retryable) instead of queueing without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_instances_bounds_concurrent_calls() {
+    let manifest = "[limits]\nmax_instances = 1\ntimeout_ms = 5000\ncpu_ms = 1000\n";
+    let h = Harness::new(&[("testkit", Some(manifest))], false).await;
+    let busy = {
+        let rt = h.rt.clone();
+        tokio::spawn(async move {
+            rt.call(
+                "testkit",
+                event("t", "slow", json!({"ms": 3000})),
+                delivery(),
+            )
+            .await
+        })
+    };
+    let rt = h.rt.clone();
+    eventually("the slow call to hold the only instance", || {
+        rt.status()[0].instances == 1
+    })
+    .await;
+    let err = h.call("testkit", "echo", json!({})).await.unwrap_err();
+    assert_eq!(err.kind(), Some(FailureKind::TooManyInstances), "{err}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("limits.max_instances"), "{err}");
+    busy.await.unwrap().unwrap();
+    // The instance is free again.
+    h.call("testkit", "echo", json!({})).await.unwrap();
+}
+
+/// The compiled cache: a restart loads the stored code instead of compiling
+/// (the entry is not rewritten), and a damaged entry is replaced, not trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_cache_survives_restarts_and_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    install(dir.path(), "payment-check", "payment-check", None);
+    let start = |kv: &str| {
+        let config = busbar::runtime::RuntimeConfig {
+            plugins_dir: dir.path().to_path_buf(),
+            cache_dir: cache.path().to_path_buf(),
+            watch: false,
+        };
+        let kv = std::sync::Arc::new(busbar::runtime::RedbKv::open(&data.path().join(kv)).unwrap());
+        busbar::runtime::Runtime::new(config, kv).unwrap()
+    };
+    let entries = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let order = || event("t", "OrderCreated", json!({"amount": 1}));
+
+    let rt = start("a.redb");
+    rt.start().await.unwrap();
+    let files = entries();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].to_str().unwrap().ends_with(".cwasm"));
+    let written = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+    drop(rt);
+
+    let rt = start("b.redb");
+    rt.start().await.unwrap();
+    rt.call("payment-check", order(), delivery()).await.unwrap();
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().modified().unwrap(),
+        written
+    );
+    drop(rt);
+
+    std::fs::write(&files[0], b"not compiled code").unwrap();
+    let rt = start("c.redb");
+    rt.start().await.unwrap();
+    rt.call("payment-check", order(), delivery()).await.unwrap();
+    assert_ne!(std::fs::read(&files[0]).unwrap(), b"not compiled code");
+}

@@ -89,11 +89,8 @@ async fn invoke(
     delivery: &wit::Delivery,
 ) -> Ran {
     instance.calls += 1;
-    // Re-read the clocks: checkout may have waited or instantiated.
-    let clock = super::imports::CallClock {
-        cpu_start: super::engine::thread_cpu_time(),
-        ..clock
-    };
+    // The CPU budget starts here: checkout may have waited or instantiated.
+    let clock = clock.start_cpu();
     instance.store.data_mut().start_call(clock);
     instance.store.set_epoch_deadline(first_deadline(&clock));
     let result = instance
@@ -146,7 +143,7 @@ pub fn classify(plugin: &str, e: wasmtime::Error, state: &State) -> CallError {
         }
     } else {
         // Canonical ABI violations, a failed `wasi:cli/exit`, host errors.
-        (FailureKind::Trap, format!("{}", root_message(&e)))
+        (FailureKind::Trap, root_message(&e))
     };
     CallError::Failed {
         plugin: plugin.to_string(),

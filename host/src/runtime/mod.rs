@@ -155,12 +155,13 @@ impl Runtime {
     /// Loads every plugin in the directory (compiling on blocking threads),
     /// then starts the watcher if `config.watch`.
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
-        self.rescan().await?;
+        // Watch first, so a file written while the initial scan runs is not missed
+        // (an event for a file the scan already loaded is a no-op).
         if self.config.watch {
             let watcher = watch::start(self)?;
             *self.watcher.lock() = Some(watcher);
         }
-        Ok(())
+        self.rescan().await
     }
 
     /// Re-reads the plugins directory now and reconciles every plugin with it.

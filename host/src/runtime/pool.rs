@@ -149,6 +149,8 @@ impl Version {
                 SLOT_WAIT.as_millis()
             ),
         })?;
+        // Start functions run guest code under the call's budgets too.
+        let clock = clock.start_cpu();
         let mut store = Store::new(self.pre.engine(), State::new(self.host.clone(), clock));
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(epoch_check);

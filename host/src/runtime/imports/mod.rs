@@ -50,12 +50,22 @@ pub struct CallClock {
 }
 
 impl CallClock {
+    /// Starts the wall clock. The CPU reading is taken by [`CallClock::start_cpu`]
+    /// right before guest code runs (reading it is a system call, so the warm
+    /// path reads it once).
     pub fn new(timeout: Duration, cpu_budget: Duration) -> CallClock {
         CallClock {
             start: Instant::now(),
             timeout,
-            cpu_start: super::engine::thread_cpu_time(),
+            cpu_start: Duration::ZERO,
             cpu_budget,
+        }
+    }
+
+    pub fn start_cpu(self) -> CallClock {
+        CallClock {
+            cpu_start: super::engine::thread_cpu_time(),
+            ..self
         }
     }
 
