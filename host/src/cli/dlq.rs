@@ -3,7 +3,7 @@
 
 use super::client::{Client, ConnectArgs, Error, field};
 use super::output::{Table, cell, plural, print_json, print_str, truncate};
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::process::ExitCode;
@@ -56,7 +56,7 @@ enum DlqCommand {
 }
 
 #[derive(Args, Debug)]
-#[group(id = "which", required = true, multiple = false, args = ["ids", "all"])]
+#[command(group(ArgGroup::new("which").required(true).multiple(false).args(["ids", "all"])))]
 struct Selection {
     /// Dead-letter ids, as `busbar dlq list` shows them.
     #[arg(value_name = "ID")]
