@@ -4,7 +4,7 @@
 use clap::Args;
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
 use reqwest::{Method, StatusCode, Url};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,6 +29,7 @@ pub struct ConnectArgs {
         env = "BUSBAR_URL",
         default_value = DEFAULT_URL,
         value_name = "URL",
+        hide_env_values = true,
         global = true
     )]
     pub url: String,
@@ -302,7 +303,7 @@ impl Client {
         }
         Error::Unreachable {
             url,
-            reason: root_cause(&e),
+            reason: cause(&e),
         }
     }
 
@@ -384,7 +385,7 @@ pub fn error_parts(status: StatusCode, body: &Value) -> (String, String) {
 
 /// The innermost cause of a transport error, worded for a person: reqwest's own
 /// message ("error sending request for url ...") says nothing the user can act on.
-fn root_cause(e: &reqwest::Error) -> String {
+pub fn cause(e: &reqwest::Error) -> String {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     let mut last = None;
     while let Some(s) = source {
@@ -445,14 +446,10 @@ pub fn field<'a>(value: &'a Value, key: &str, what: &str) -> Result<&'a Value, E
         .ok_or_else(|| Error::Protocol(format!("the node's answer to {what} has no {key:?} field")))
 }
 
-/// An empty object, for calls whose body has nothing to say (`redrive` all).
-pub fn empty() -> Value {
-    json!({})
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn base_url_accepts_host_port_and_rejects_other_schemes() {

@@ -214,7 +214,7 @@ fn rule_path<'a>(bus: &'a str, name: &'a str) -> [&'a str; 4] {
 
 fn not_found_hint(name: &str, bus: &str) -> String {
     format!(
-        "`busbar rules list` shows the rules there are (rule {name} was looked up on bus {bus}; pass --bus for another)"
+        "rule {name} was looked up on bus {bus}: `busbar rules list` shows every rule, --bus picks another bus"
     )
 }
 

@@ -73,7 +73,7 @@ pub fn run(args: TailArgs) -> Result<ExitCode, Error> {
                 }
                 connected_before = true;
                 backoff = Duration::from_secs(1);
-                let why = follow(resp, &client, |data| emit(data, args.json, style));
+                let why = follow(resp, |data| emit(data, args.json, style));
                 eprintln!(
                     "busbar: the tail stream from {base} ended ({why}); reconnecting in {} s",
                     backoff.as_secs()
@@ -100,11 +100,7 @@ fn retryable(e: &Error) -> bool {
 }
 
 /// Reads the stream until it ends; says why it ended.
-fn follow(
-    resp: reqwest::blocking::Response,
-    client: &Client,
-    mut on_data: impl FnMut(&str),
-) -> String {
+fn follow(resp: reqwest::blocking::Response, mut on_data: impl FnMut(&str)) -> String {
     let mut reader = BufReader::new(resp);
     let mut parser = SseParser::default();
     let mut line = String::new();
@@ -118,14 +114,15 @@ fn follow(
                 }
             }
             Err(e) => {
-                // reqwest wraps its own errors in io::Error for Read; unwrap for a clear cause.
-                return match e.into_inner() {
+                // reqwest hands its own errors to Read wrapped in io::Error.
+                let cause = match e.into_inner() {
                     Some(inner) => match inner.downcast::<reqwest::Error>() {
-                        Ok(re) => client.transport(*re).to_string(),
+                        Ok(re) => super::client::cause(&re),
                         Err(other) => other.to_string(),
                     },
                     None => "read failed".into(),
                 };
+                return format!("connection lost: {cause}");
             }
         }
     }
