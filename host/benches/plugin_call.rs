@@ -162,7 +162,7 @@ fn main() {
     let kilobyte = event(
         "bench",
         "echo",
-        json!({"order_id": 42, "items": (0..24).map(|i| json!({"sku": format!("sku-{i:04}"), "qty": i})).collect::<Vec<_>>()}),
+        json!({"order_id": 42, "items": (0..36).map(|i| json!({"sku": format!("sku-{i:04}"), "qty": i})).collect::<Vec<_>>()}),
     );
     let size = kilobyte.detail.to_string().len();
 
@@ -185,7 +185,7 @@ fn main() {
     });
     let (mean, p99) = per_call(&rt, "testkit-fresh", &kilobyte, 10_000);
     rows.push(Row {
-        what: "Rust fresh instance per call (testkit echo, 1 KB)".into(),
+        what: format!("Rust fresh instance per call (testkit echo, {size} B detail)"),
         figure: format!("{} (p99 {})", us(mean), us(p99)),
         goal: "≤ 15 µs",
     });
