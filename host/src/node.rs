@@ -150,6 +150,7 @@ impl Node {
             }
         }
         let tail = (self.tail.receiver_count() > 0).then(|| accepted.clone());
+        let only_rules = options.only_rules.clone();
         match self.bus.publish(accepted, options).await {
             Ok(out) => {
                 for (slot, r) in slots.iter().zip(out) {
@@ -165,11 +166,12 @@ impl Node {
         if let Some(events) = tail {
             for (e, slot) in events.into_iter().zip(&slots) {
                 if matches!(results[*slot], Some(Ok(()))) {
-                    let mut rules: Vec<String> = crate::bus::Router::route(&*self.rules, &e)
+                    let rules: Vec<String> = self
+                        .rules
+                        .matching_rules(&e)
                         .into_iter()
-                        .map(|r| r.rule)
+                        .filter(|r| only_rules.as_ref().is_none_or(|only| only.contains(r)))
                         .collect();
-                    rules.dedup();
                     let _ = self.tail.send(TailItem::Event {
                         event: Box::new(e),
                         rules,

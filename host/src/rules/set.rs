@@ -33,9 +33,16 @@ pub struct Compiled {
     pub rules: BTreeMap<(String, String), Rule>,
     pub buses: BTreeMap<String, BusInfo>,
     /// Per bus: the matcher over enabled rules, each id indexing `routes`.
-    matchers: HashMap<String, (Matcher<usize>, Vec<Vec<Route>>)>,
+    matchers: HashMap<String, BusMatcher>,
     /// Every queue key with its rule and target.
     pub targets: BTreeMap<String, (Rule, Target)>,
+}
+
+/// One bus's matcher; its ids index `routes` and `names`.
+struct BusMatcher {
+    matcher: Matcher<usize>,
+    routes: Vec<Vec<Route>>,
+    names: Vec<String>,
 }
 
 /// The rule set shared by ingest (validation), the bus (routing) and dispatch (targets).
@@ -138,7 +145,7 @@ impl RuleSet {
     }
 
     fn compile(&self, c: &mut Compiled) {
-        type Pending = (Vec<(usize, Pattern)>, Vec<Vec<Route>>);
+        type Pending = (Vec<(usize, Pattern)>, Vec<Vec<Route>>, Vec<String>);
         let mut per_bus: HashMap<String, Pending> = HashMap::new();
         c.targets.clear();
         for ((bus, name), rule) in &c.rules {
@@ -163,6 +170,7 @@ impl RuleSet {
             let entry = per_bus.entry(bus.clone()).or_default();
             let idx = entry.1.len();
             entry.0.push((idx, pattern));
+            entry.2.push(name.clone());
             entry.1.push(
                 rule.targets
                     .iter()
@@ -176,7 +184,17 @@ impl RuleSet {
         }
         c.matchers = per_bus
             .into_iter()
-            .map(|(bus, (patterns, routes))| (bus, (Matcher::new(patterns), routes)))
+            .map(|(bus, (patterns, routes, names))| {
+                let matcher = Matcher::new(patterns);
+                (
+                    bus,
+                    BusMatcher {
+                        matcher,
+                        routes,
+                        names,
+                    },
+                )
+            })
             .collect();
     }
 
@@ -354,19 +372,35 @@ fn default_bus() -> BusInfo {
     }
 }
 
-impl Router for RuleSet {
-    fn route(&self, event: &Event) -> Vec<Route> {
+impl RuleSet {
+    /// Names of the enabled rules an event matches, targets or not (for tail and tests).
+    pub fn matching_rules(&self, event: &Event) -> Vec<String> {
         let c = self.current.load();
-        let Some((matcher, routes)) = c.matchers.get(&event.bus) else {
+        let Some(m) = c.matchers.get(&event.bus) else {
             return Vec::new();
         };
         let Ok(json) = serde_json::to_value(event) else {
             return Vec::new();
         };
-        let mut ids = matcher.matches(&json);
+        let mut ids = m.matcher.matches(&json);
+        ids.sort_unstable();
+        ids.into_iter().map(|i| m.names[i].clone()).collect()
+    }
+}
+
+impl Router for RuleSet {
+    fn route(&self, event: &Event) -> Vec<Route> {
+        let c = self.current.load();
+        let Some(m) = c.matchers.get(&event.bus) else {
+            return Vec::new();
+        };
+        let Ok(json) = serde_json::to_value(event) else {
+            return Vec::new();
+        };
+        let mut ids = m.matcher.matches(&json);
         ids.sort_unstable();
         ids.into_iter()
-            .flat_map(|i| routes[i].iter().cloned())
+            .flat_map(|i| m.routes[i].iter().cloned())
             .collect()
     }
 }
