@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub plugins_dir: PathBuf,
     /// Where the embedded store and the compiled-plugin cache live.
     pub data_dir: PathBuf,
+    /// Compiled plugins are cached here, keyed by content and engine (default: DATA_DIR/cache).
+    /// Several nodes or test runs may share one.
+    pub cache_dir: Option<PathBuf>,
     /// `nats://host:port` to run on NATS JetStream instead of the embedded store.
     pub bus: Option<String>,
     /// Bearer token for publishing (also accepted: the admin token). None: open.
@@ -50,6 +53,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             plugins_dir: "plugins".into(),
             data_dir: "data".into(),
+            cache_dir: None,
             bus: None,
             publish_token: None,
             admin_token: None,

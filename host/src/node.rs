@@ -79,7 +79,11 @@ impl Node {
         let runtime = Runtime::new(
             RuntimeConfig {
                 plugins_dir: config.server.plugins_dir.clone(),
-                cache_dir: data_dir.join("cache"),
+                cache_dir: config
+                    .server
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("cache")),
                 watch: true,
             },
             bus.kv(),

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use stats::TargetStats;
 
@@ -272,7 +273,11 @@ impl Dispatcher {
                 r = level.changed() => { if r.is_err() { return } continue }
             };
             let Some(delivery) = delivery else { return };
-            self.deliver(delivery, &stats).await;
+            // One span per delivery, keyed by the event id, so a trace follows an
+            // event from ingest through every target it reached.
+            let span = tracing::info_span!("delivery", event = %delivery.event.id,
+                rule = %delivery.rule, target = %delivery.target, attempt = delivery.attempts + 1);
+            self.deliver(delivery, &stats).instrument(span).await;
         }
     }
 
