@@ -1,19 +1,10 @@
 //! The wasmtime host: engine, plugin registry, manifests, limits, host imports, hot reload.
 // Interface placeholder; the runtime replaces this file.
 use crate::event::Event;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-pub trait KvBackend: Send + Sync + 'static {}
-pub struct RedbKv;
-impl RedbKv {
-    pub fn new(_db: Arc<redb::Database>) -> anyhow::Result<Self> {
-        Ok(RedbKv)
-    }
-    pub fn open(_p: &Path) -> anyhow::Result<Self> {
-        Ok(RedbKv)
-    }
-}
-impl KvBackend for RedbKv {}
+pub mod kv;
+pub use kv::{KvBackend, KvError, RedbKv};
 pub struct RuntimeConfig {
     pub plugins_dir: PathBuf,
     pub cache_dir: PathBuf,

@@ -11,8 +11,6 @@ pub(super) struct Scanned {
     pub seq: u64,
     /// When the server stored it (ms since the epoch).
     pub time_ms: i64,
-    pub subject: String,
-    pub headers: Option<HeaderMap>,
     pub payload: Bytes,
 }
 
@@ -63,8 +61,6 @@ pub(super) async fn scan(
             let item = Scanned {
                 seq: info.stream_sequence,
                 time_ms: (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
-                subject: m.subject.to_string(),
-                headers: m.headers.clone(),
                 payload: m.payload.clone(),
             };
             if f(item).is_break() || last {
@@ -131,8 +127,9 @@ pub(super) async fn expire(inner: &Inner, before_ms: i64) -> Result<usize, BusEr
         .map_err(|e| store_err("reading the archive's state", e))?
         .state
         .last_sequence;
-    let start = time::OffsetDateTime::from_unix_timestamp_nanos(before_ms.max(0) as i128 * 1_000_000)
-        .map_err(|e| BusError::Invalid(format!("archive cut-off {before_ms}: {e}")))?;
+    let start =
+        time::OffsetDateTime::from_unix_timestamp_nanos(before_ms.max(0) as i128 * 1_000_000)
+            .map_err(|e| BusError::Invalid(format!("archive cut-off {before_ms}: {e}")))?;
     let mut keep_from = None;
     scan(
         inner,

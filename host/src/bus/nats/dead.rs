@@ -58,7 +58,11 @@ fn letter(seq: u64, payload: &[u8]) -> Result<DeadLetter, BusError> {
     Ok(dl)
 }
 
-pub(super) async fn list(inner: &Inner, after: u64, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+pub(super) async fn list(
+    inner: &Inner,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, BusError> {
     let mut out = Vec::new();
     let mut err = None;
     if limit == 0 {

@@ -30,22 +30,28 @@ pub(super) async fn open_bucket(
     if let Ok(s) = js.get_key_value(bucket).await {
         return Ok(s);
     }
+    // The stream a KV bucket is, created directly: the client's bucket creation
+    // first queries account limits in a form nats-server 2.9 does not answer.
     let created = js
-        .create_key_value(kv::Config {
-            bucket: bucket.to_string(),
-            description: description.to_string(),
-            history: 1,
+        .get_or_create_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some(description.to_string()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            duplicate_window: Duration::from_secs(120),
             ..Default::default()
         })
         .await;
-    match created {
-        Ok(s) => Ok(s),
-        // Another node may have created it in the meantime.
-        Err(e) => js
-            .get_key_value(bucket)
-            .await
-            .map_err(|_| store_err(&format!("creating the kv bucket {bucket}"), e)),
+    if let Err(e) = created {
+        return Err(store_err(&format!("creating the kv bucket {bucket}"), e));
     }
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| store_err(&format!("opening the kv bucket {bucket}"), e))
 }
 
 /// The plugin kv backend on a JetStream KV bucket.
@@ -66,7 +72,9 @@ fn parse_counter(key: &str, bytes: &[u8]) -> Result<i64, KvError> {
     std::str::from_utf8(bytes)
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())
-        .ok_or_else(|| KvError::NotANumber(format!("the value under {key:?} is not a decimal integer")))
+        .ok_or_else(|| {
+            KvError::NotANumber(format!("the value under {key:?} is not a decimal integer"))
+        })
 }
 
 impl NatsKv {
@@ -84,10 +92,7 @@ impl NatsKv {
     }
 
     pub async fn get_async(&self, ns: &str, k: &str) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self
-            .entry(ns, k)
-            .await?
-            .map(|e| e.value.to_vec()))
+        Ok(self.entry(ns, k).await?.map(|e| e.value.to_vec()))
     }
 
     async fn entry(&self, ns: &str, k: &str) -> Result<Option<kv::Entry>, KvError> {

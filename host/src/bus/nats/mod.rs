@@ -140,7 +140,10 @@ fn store_err(what: &str, e: impl std::fmt::Display) -> BusError {
 impl NatsBus {
     /// Connects, creates the streams and buckets if they are missing, and starts
     /// the loop that keeps queue counts fresh.
-    pub async fn connect(config: NatsConfig, router: Arc<dyn Router>) -> Result<Arc<Self>, BusError> {
+    pub async fn connect(
+        config: NatsConfig,
+        router: Arc<dyn Router>,
+    ) -> Result<Arc<Self>, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name("busbar")
             .connection_timeout(config.request_timeout)
@@ -156,7 +159,9 @@ impl NatsBus {
         let deliveries = js
             .get_or_create_stream(stream::Config {
                 name: DELIVERIES_STREAM.into(),
-                description: Some("busbar: pending deliveries, one subject per (bus, rule, target)".into()),
+                description: Some(
+                    "busbar: pending deliveries, one subject per (bus, rule, target)".into(),
+                ),
                 subjects: vec![format!("{}.>", names::QUEUE_PREFIX)],
                 retention: stream::RetentionPolicy::WorkQueue,
                 discard: stream::DiscardPolicy::New,
@@ -249,7 +254,10 @@ impl Inner {
         let mut results: Vec<Result<(), PublishError>> = vec![Ok(()); events.len()];
         if !self.connected() {
             let m = self.unreachable();
-            return events.iter().map(|_| Err(PublishError::Store(m.clone()))).collect();
+            return events
+                .iter()
+                .map(|_| Err(PublishError::Store(m.clone())))
+                .collect();
         }
         let mut out = Vec::new();
         let mut added: std::collections::HashMap<String, usize> = Default::default();
@@ -320,7 +328,7 @@ impl Inner {
         let mut pending: Vec<(usize, Result<PublishAckFuture, PublishError>)> =
             Vec::with_capacity(out.len());
         for m in out {
-            let publish = jetstream::context::Publish::build()
+            let publish = jetstream::message::PublishMessage::build()
                 .payload(m.payload)
                 .headers(m.headers)
                 .message_id(m.msg_id);
@@ -381,7 +389,10 @@ impl Bus for NatsBus {
             return Err(BusError::Closed);
         }
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        Ok(self.inner.publish_routed(&events, &ids, &options, true).await)
+        Ok(self
+            .inner
+            .publish_routed(&events, &ids, &options, true)
+            .await)
     }
 
     async fn take(&self, queue: &str) -> Option<Delivery> {
@@ -420,7 +431,9 @@ impl Bus for NatsBus {
         rules::list(&self.inner.rules_kv, "bus").await
     }
 
-    async fn watch_rules(&self) -> Result<Option<tokio::sync::mpsc::Receiver<StoredChange>>, BusError> {
+    async fn watch_rules(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<StoredChange>>, BusError> {
         rules::watch(&self.inner.rules_kv, self.inner.close_tx.subscribe())
             .await
             .map(Some)
@@ -461,5 +474,8 @@ impl Bus for NatsBus {
     fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.close_tx.send_replace(true);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.inner.queues.release_unclaimed();
+        }
     }
 }

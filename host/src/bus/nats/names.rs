@@ -18,7 +18,9 @@ pub const DLQ_PREFIX: &str = "busbar.dlq";
 /// Escapes `name` into one subject token: ASCII letters, digits, `-` and `_`
 /// stay, every other byte becomes `~HH`.
 pub fn token(name: &str) -> String {
-    escape(name, '~', |b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    escape(name, '~', |b| {
+        b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+    })
 }
 
 /// Escapes `name` into the KV key charset (`[-/_=.a-zA-Z0-9]`) without dots,

@@ -20,13 +20,37 @@ use tokio::sync::mpsc;
 const MAX_REMEMBERED_ERRORS: usize = 100_000;
 
 struct Feed {
-    rx: tokio::sync::Mutex<mpsc::Receiver<(std::time::Instant, Message)>>,
-    task: tokio::task::JoinHandle<()>,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(std::time::Instant, Message)>>,
+    /// Workers of this node waiting in `take` for this queue.
+    waiting: AtomicUsize,
+    /// Pulled messages in the channel that no worker has taken yet.
+    buffered: Arc<AtomicUsize>,
+    wake: tokio::sync::Notify,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = self.task.lock().take() {
+            t.abort();
+        }
+    }
+}
+
+/// Counts a worker as waiting for as long as its `take` runs.
+struct Waiting<'a>(&'a Feed);
+
+impl<'a> Waiting<'a> {
+    fn new(feed: &'a Feed) -> Self {
+        feed.waiting.fetch_add(1, Ordering::SeqCst);
+        feed.wake.notify_one();
+        Waiting(feed)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -73,7 +97,7 @@ impl Inner {
             self.dead_count
                 .store(info.state.messages as usize, Ordering::Relaxed);
         }
-        let mut deliveries = self.deliveries.clone();
+        let deliveries = self.deliveries.clone();
         let counts = match deliveries
             .info_with_subjects(format!("{}.>", names::QUEUE_PREFIX))
             .await
@@ -119,7 +143,7 @@ impl Inner {
                 // message is the oldest delivery not yet done.
                 if let Ok(m) = self
                     .deliveries
-                    .get_first_raw_message_by_subject(&subject)
+                    .get_first_raw_message_by_subject(&subject, 1)
                     .await
                 {
                     let at = (m.time.unix_timestamp_nanos() / 1_000_000) as i64;
@@ -156,23 +180,37 @@ impl Inner {
             .feeds
             .entry(key.to_string())
             .or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(1);
-                let task = tokio::spawn(pull_loop(Arc::downgrade(self), key.to_string(), tx));
-                Arc::new(Feed {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let feed = Arc::new(Feed {
                     rx: tokio::sync::Mutex::new(rx),
-                    task,
-                })
+                    waiting: AtomicUsize::new(0),
+                    buffered: Default::default(),
+                    wake: tokio::sync::Notify::new(),
+                    task: Mutex::new(None),
+                });
+                let task = tokio::spawn(pull_loop(
+                    Arc::downgrade(self),
+                    Arc::downgrade(&feed),
+                    key.to_string(),
+                    tx,
+                ));
+                *feed.task.lock() = Some(task);
+                feed
             })
             .clone()
     }
 }
 
-/// Keeps one queue's messages flowing into its channel; starts over after any
-/// error (server restart, consumer lost), so pulls resume by themselves.
+/// Pulls for one queue only as many messages as this node has workers
+/// waiting for it, so a node never sits on deliveries another node's idle
+/// workers could run. Each pull request is a fetch of its own; several can be
+/// outstanding. Errors (server restart, consumer lost) are retried with
+/// backoff, so pulling resumes by itself.
 async fn pull_loop(
     inner: Weak<Inner>,
+    feed: Weak<Feed>,
     key: String,
-    tx: mpsc::Sender<(std::time::Instant, Message)>,
+    tx: mpsc::UnboundedSender<(std::time::Instant, Message)>,
 ) {
     let mut parts = key.splitn(3, '/');
     let (Some(b), Some(r), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
@@ -180,61 +218,123 @@ async fn pull_loop(
         return;
     };
     let subject = names::queue_subject(b, r, t);
+    let requested = Arc::new(AtomicUsize::new(0));
+    let fetched = Arc::new(tokio::sync::Notify::new());
+    let mut consumer: Option<async_nats::jetstream::consumer::Consumer<pull::Config>> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
-        let Some(me) = inner.upgrade() else { return };
-        let mut closed = me.close_tx.subscribe();
-        if *closed.borrow() {
+        let (Some(me), Some(f)) = (inner.upgrade(), feed.upgrade()) else {
+            return;
+        };
+        if me.closed.load(Ordering::SeqCst) {
             return;
         }
-        let started = async {
-            let consumer = me
-                .deliveries
-                .get_or_create_consumer(&names::durable_name(&key), me.consumer_config(&key, &subject))
-                .await
-                .map_err(|e| e.to_string())?;
-            consumer
-                .stream()
-                .max_messages_per_batch(me.config.batch)
-                .expires(Duration::from_secs(10))
-                .heartbeat(Duration::from_secs(3))
-                .messages()
-                .await
-                .map_err(|e| e.to_string())
+        let want = f
+            .waiting
+            .load(Ordering::SeqCst)
+            .min(me.config.batch)
+            .saturating_sub(requested.load(Ordering::SeqCst) + f.buffered.load(Ordering::SeqCst));
+        if want == 0 {
+            let mut closed = me.close_tx.subscribe();
+            drop(me);
+            // Holding the feed here is fine: the wait ends when the bus closes or
+            // goes away (its close sender drops), and the loop then returns.
+            tokio::select! {
+                _ = f.wake.notified() => {}
+                _ = fetched.notified() => {}
+                _ = closed.changed() => {}
+            }
+            continue;
         }
-        .await;
-        drop(me);
-        match started {
-            Ok(mut messages) => {
-                backoff = Duration::from_millis(100);
-                loop {
-                    let next = tokio::select! {
-                        m = messages.next() => m,
-                        _ = closed.changed() => return,
-                    };
-                    match next {
-                        Some(Ok(m)) => {
-                            if tx.send((std::time::Instant::now(), m)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(queue = %key, error = %e, "pulling deliveries failed; starting over");
-                            break;
-                        }
-                        None => break,
-                    }
+        if consumer.is_none() {
+            match me
+                .deliveries
+                .get_or_create_consumer(
+                    &names::durable_name(&key),
+                    me.consumer_config(&key, &subject),
+                )
+                .await
+            {
+                Ok(c) => consumer = Some(c),
+                Err(e) => {
+                    tracing::warn!(queue = %key, error = %e, "cannot pull deliveries yet; retrying");
+                    drop((me, f));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
                 }
             }
+        }
+        let c = consumer.clone().expect("set above");
+        requested.fetch_add(want, Ordering::SeqCst);
+        let batch = c
+            .fetch()
+            .max_messages(want)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await;
+        match batch {
+            Ok(mut messages) => {
+                backoff = Duration::from_millis(100);
+                let (tx, requested, fetched, key) =
+                    (tx.clone(), requested.clone(), fetched.clone(), key.clone());
+                let buffered = f.buffered.clone();
+                let mut closed = me.close_tx.subscribe();
+                tokio::spawn(async move {
+                    let mut failed = false;
+                    loop {
+                        // A closing node stops pulling at once: whatever it still
+                        // received would sit unworked until ack_wait.
+                        let m = tokio::select! {
+                            m = messages.next() => m,
+                            _ = closed.changed() => break,
+                        };
+                        let Some(m) = m else { break };
+                        match m {
+                            Ok(m) => {
+                                buffered.fetch_add(1, Ordering::SeqCst);
+                                if tx.send((std::time::Instant::now(), m)).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(queue = %key, error = %e, "pull request ended");
+                                failed = true;
+                                break;
+                            }
+                        }
+                    }
+                    if failed {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    requested.fetch_sub(want, Ordering::SeqCst);
+                    fetched.notify_one();
+                });
+            }
             Err(e) => {
-                tracing::warn!(queue = %key, error = %e, "cannot pull deliveries yet; retrying");
+                requested.fetch_sub(want, Ordering::SeqCst);
+                tracing::warn!(queue = %key, error = %e, "pulling deliveries failed; retrying");
+                consumer = None;
+                drop((me, f));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = closed.changed() => return,
+    }
+}
+
+impl Queues {
+    /// Hands back what this node pulled but no worker took, for immediate
+    /// redelivery elsewhere.
+    pub(crate) fn release_unclaimed(&self) {
+        for feed in self.feeds.iter() {
+            if let Ok(mut rx) = feed.rx.try_lock() {
+                while let Ok((_, m)) = rx.try_recv() {
+                    feed.buffered.fetch_sub(1, Ordering::SeqCst);
+                    tokio::spawn(async move { m.ack_with(AckKind::Nak(None)).await });
+                }
+            }
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -260,11 +360,13 @@ pub(super) async fn take(inner: &Arc<Inner>, key: &str) -> Option<Delivery> {
     }
     inner.queues.known.insert(key.to_string(), ());
     let feed = inner.feed(key);
+    let _waiting = Waiting::new(&feed);
     loop {
         let (arrived, msg) = tokio::select! {
             m = async { feed.rx.lock().await.recv().await } => m?,
             _ = closed.changed() => return None,
         };
+        feed.buffered.fetch_sub(1, Ordering::SeqCst);
         match delivery_of(inner, key, &msg) {
             Ok(d) => {
                 if arrived.elapsed() > inner.config.ack_wait / 4 {
@@ -318,7 +420,11 @@ fn delivery_of(inner: &Inner, key: &str, msg: &Message) -> Result<Delivery, Stri
     })
 }
 
-pub(super) async fn settle(inner: &Arc<Inner>, d: Delivery, outcome: Settle) -> Result<(), BusError> {
+pub(super) async fn settle(
+    inner: &Arc<Inner>,
+    d: Delivery,
+    outcome: Settle,
+) -> Result<(), BusError> {
     let Some((_, msg)) = inner.queues.in_flight.remove(&(d.queue.clone(), d.seq)) else {
         return Err(BusError::NotFound(format!(
             "delivery {} of queue {} is not in flight on this node",

@@ -74,7 +74,9 @@ pub(super) async fn list<T: serde::de::DeserializeOwned>(
         {
             match serde_json::from_slice(&v) {
                 Ok(t) => out.push(t),
-                Err(e) => tracing::error!(key = %k, error = %e, "skipping an unreadable stored rule or bus"),
+                Err(e) => {
+                    tracing::error!(key = %k, error = %e, "skipping an unreadable stored rule or bus")
+                }
             }
         }
     }
@@ -90,7 +92,9 @@ fn change_of(entry: &kv::Entry) -> Option<StoredChange> {
             let bus = kv_untoken(parts.next()?)?;
             let name = kv_untoken(parts.next()?)?;
             if put {
-                serde_json::from_slice(&entry.value).ok().map(StoredChange::Rule)
+                serde_json::from_slice(&entry.value)
+                    .ok()
+                    .map(StoredChange::Rule)
             } else {
                 Some(StoredChange::RuleDeleted { bus, name })
             }
@@ -98,7 +102,9 @@ fn change_of(entry: &kv::Entry) -> Option<StoredChange> {
         "bus" => {
             let name = kv_untoken(parts.next()?)?;
             if put {
-                serde_json::from_slice(&entry.value).ok().map(StoredChange::Bus)
+                serde_json::from_slice(&entry.value)
+                    .ok()
+                    .map(StoredChange::Bus)
             } else {
                 Some(StoredChange::BusDeleted(name))
             }
