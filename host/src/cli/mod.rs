@@ -2,7 +2,15 @@
 //! pattern locally, and the other subcommands are small clients of a running
 //! node's HTTP API.
 
+pub mod client;
+mod dlq;
+pub mod output;
+mod plugins;
+mod put;
+mod replay;
+mod rules;
 mod serve;
+mod tail;
 mod test_pattern;
 
 use clap::{Parser, Subcommand};
@@ -15,12 +23,28 @@ use std::process::ExitCode;
     about = "An event router: EventBridge patterns in, sandboxed WebAssembly plugins out",
     long_about = "busbar accepts events over HTTP (native JSON, the EventBridge API, CloudEvents), \
 matches them against rules written in the EventBridge pattern language, and delivers them to \
-WebAssembly components hot-loaded from a plugins directory."
+WebAssembly components hot-loaded from a plugins directory.",
+    after_help = GUIDE
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+const GUIDE: &str = "\
+Getting started:
+  busbar serve                                  run a node on 127.0.0.1:8080
+  busbar put --source shop --detail-type OrderPlaced --detail '{\"total\": 250}'
+  busbar rules put big --pattern '{\"detail\": {\"total\": [{\"numeric\": [\">\", 200]}]}}' --plugin rewards
+  busbar tail                                   watch events and deliveries live
+
+The client commands (put, rules, plugins, dlq, replay, tail) reach the node at
+--url or BUSBAR_URL (default http://127.0.0.1:8080) and send --token or
+BUSBAR_TOKEN as a bearer token. Every listing takes --json for scripts.
+Exit status: 0 done, 1 the node refused or could not be reached, 2 the
+command line is wrong (test-pattern documents its own codes).
+
+`busbar help COMMAND` or `busbar COMMAND --help` for more.";
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -28,13 +52,35 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Check whether an event matches a pattern (exit 0 match, 1 no match, 2 bad pattern, 3 bad event).
     TestPattern(test_pattern::TestPatternArgs),
+    /// Publish events to a node and print their ids.
+    Put(put::PutArgs),
+    /// List, show, define, delete, enable and disable rules.
+    Rules(rules::RulesArgs),
+    /// Show the node's plugins: state, version, instances, calls, errors.
+    Plugins(plugins::PluginsArgs),
+    /// Inspect, redrive and purge dead-lettered deliveries.
+    Dlq(dlq::DlqArgs),
+    /// Replay archived events of a time range, and follow replays.
+    Replay(replay::ReplayArgs),
+    /// Watch events and delivery outcomes live.
+    Tail(tail::TailArgs),
 }
 
 pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {
-        Command::Serve(args) => serve::run(args),
-        Command::TestPattern(args) => test_pattern::run(args),
-    }
+    let result = match cli.command {
+        Command::Serve(args) => return serve::run(args),
+        Command::TestPattern(args) => return test_pattern::run(args),
+        Command::Put(args) => put::run(args),
+        Command::Rules(args) => rules::run(args),
+        Command::Plugins(args) => plugins::run(args),
+        Command::Dlq(args) => dlq::run(args),
+        Command::Replay(args) => replay::run(args),
+        Command::Tail(args) => tail::run(args),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("busbar: {e}");
+        e.exit_code()
+    })
 }
 
 /// Reads `@file` arguments; anything else is the value itself.

@@ -1,0 +1,339 @@
+//! One call of a plugin's `handle` export: limits armed, the event lowered,
+//! the result checked, and every way it can fail turned into a [`CallError`]
+//! that names the plugin, the export and the kind of failure.
+
+use super::errors::{CallError, EXPORT, FailureKind};
+use super::imports::bindings::busbar::plugin::types as wit;
+use super::imports::{LimitExceeded, State};
+use super::pool::{Instance, Version, first_deadline};
+use super::{Delivery, NewEvent};
+use crate::event::Event;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A handler may publish at most this many events per call...
+pub const MAX_OUTPUT_EVENTS: usize = 1000;
+/// ...totalling at most this many bytes (source, detail-type, detail, resources).
+pub const MAX_OUTPUT_BYTES: usize = 8 << 20;
+
+/// The outcome of running the guest, before the instance is returned.
+enum Ran {
+    /// The export returned (`healthy` instance).
+    Returned(Result<Vec<wit::NewEvent>, wit::HandlerError>),
+    /// It trapped or hit a limit; the instance must not be reused.
+    Broken(CallError),
+}
+
+pub async fn run(
+    version: &Arc<Version>,
+    event: &Event,
+    delivery: &Delivery,
+) -> Result<Vec<NewEvent>, CallError> {
+    let started = Instant::now();
+    let plugin = &*version.name;
+    let clock = version.clock();
+    let input = lower_event(event);
+    let delivery = wit::Delivery {
+        rule: delivery.rule.clone(),
+        target: delivery.target.clone(),
+        attempt: delivery.attempt,
+        id: delivery.id.clone(),
+    };
+
+    // The wall-clock bound covers everything the guest can wait on (WASI
+    // polls, HTTP, slot waits); dropping the future cancels the call and drops
+    // the instance with it. The epoch check inside enforces the same bound
+    // while guest code runs, and the CPU budget.
+    let work = async {
+        let mut instance = version.checkout(clock).await?;
+        let ran = invoke(&mut instance, clock, &input, &delivery).await;
+        let healthy = matches!(ran, Ran::Returned(_));
+        version.checkin(instance, healthy);
+        Ok::<Ran, CallError>(ran)
+    };
+    let ran = match tokio::time::timeout(clock.timeout, work).await {
+        Ok(Ok(ran)) => ran,
+        Ok(Err(e)) => Ran::Broken(e),
+        Err(_) => Ran::Broken(CallError::Failed {
+            plugin: plugin.to_string(),
+            kind: FailureKind::Timeout,
+            message: format!(
+                "{} (the call was blocked in a host call or waiting when the limit passed)",
+                LimitExceeded::Timeout {
+                    elapsed_ms: started.elapsed().as_millis(),
+                    limit_ms: clock.timeout.as_millis(),
+                }
+            ),
+        }),
+    };
+    let result = match ran {
+        Ran::Returned(Ok(events)) => lift_output(plugin, events),
+        Ran::Returned(Err(wit::HandlerError::Retry(message))) => Err(CallError::Retry {
+            plugin: plugin.to_string(),
+            message,
+        }),
+        Ran::Returned(Err(wit::HandlerError::Reject(message))) => Err(CallError::Reject {
+            plugin: plugin.to_string(),
+            message,
+        }),
+        Ran::Broken(e) => Err(e),
+    };
+    record(plugin, &result, started);
+    result
+}
+
+async fn invoke(
+    instance: &mut Instance,
+    clock: super::imports::CallClock,
+    event: &wit::Event,
+    delivery: &wit::Delivery,
+) -> Ran {
+    instance.calls += 1;
+    // The CPU budget starts here: checkout may have waited or instantiated.
+    let clock = clock.start_cpu();
+    instance.store.data_mut().start_call(clock);
+    instance.store.set_epoch_deadline(first_deadline(&clock));
+    let result = instance
+        .handler
+        .call_handle(&mut instance.store, event, delivery)
+        .await;
+    instance.store.data_mut().finish_call();
+    match result {
+        Ok(returned) => Ran::Returned(returned),
+        Err(e) => {
+            let plugin = instance.store.data().host.name.clone();
+            Ran::Broken(classify(&plugin, e, instance.store.data()))
+        }
+    }
+}
+
+/// Names the failure of a guest call: our own limit errors first (they are
+/// exact), then wasmtime's trap codes, then anything else as a plain trap.
+pub fn classify(plugin: &str, e: wasmtime::Error, state: &State) -> CallError {
+    let backtrace = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|bt| format!("\n{bt}"))
+        .unwrap_or_default();
+    let (kind, what) = if let Some(limit) = e.downcast_ref::<LimitExceeded>() {
+        let kind = match limit {
+            LimitExceeded::Memory { .. } => FailureKind::OutOfMemory,
+            LimitExceeded::Cpu { .. } => FailureKind::CpuBudget,
+            LimitExceeded::Timeout { .. } => FailureKind::Timeout,
+        };
+        (kind, limit.to_string())
+    } else if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        let stderr = state.stderr.tail();
+        match trap {
+            wasmtime::Trap::StackOverflow => (
+                FailureKind::StackOverflow,
+                "wasm stack overflow (recursion too deep)".to_string(),
+            ),
+            // Language runtimes abort through `unreachable` after printing why:
+            // Rust's panic hook, CPython's traceback, StarlingMonkey's error.
+            wasmtime::Trap::UnreachableCodeReached if !stderr.trim().is_empty() => {
+                (FailureKind::Panic, panic_message(&stderr))
+            }
+            wasmtime::Trap::MemoryOutOfBounds if shadow_stack_underflow(&e) => (
+                FailureKind::StackOverflow,
+                "stack overflow: the guest's stack in linear memory ran below address 0 (recursion too deep)"
+                    .to_string(),
+            ),
+            wasmtime::Trap::Interrupt => (FailureKind::CpuBudget, "interrupted".to_string()),
+            other => (FailureKind::Trap, format!("wasm trap: {other}")),
+        }
+    } else {
+        // Canonical ABI violations, a failed `wasi:cli/exit`, host errors.
+        (FailureKind::Trap, root_message(&e))
+    };
+    CallError::Failed {
+        plugin: plugin.to_string(),
+        kind,
+        message: format!("{what}{backtrace}"),
+    }
+}
+
+/// Rust and C guests keep their data stack in linear memory, below their
+/// static data (wasm-ld's `--stack-first`), so running out of it wraps the
+/// stack pointer below address 0 and traps as an out-of-bounds access long
+/// before the engine's own stack limit. wasmtime does not report the faulting
+/// address for such accesses, so the signature used is the backtrace: the
+/// captured frames are all deep recursion through at most a few functions.
+fn shadow_stack_underflow(e: &wasmtime::Error) -> bool {
+    let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return false;
+    };
+    let frames = bt.frames();
+    let mut functions: Vec<u32> = frames.iter().map(|f| f.func_index()).collect();
+    functions.sort_unstable();
+    functions.dedup();
+    frames.len() >= 16 && functions.len() <= 3
+}
+
+fn root_message(e: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    parts.retain(|p| !p.starts_with("error while executing at wasm backtrace"));
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// The interesting part of a crashed guest's stderr: from Rust's
+/// "panicked at" or Python's "Traceback" on, else the whole tail.
+fn panic_message(stderr: &str) -> String {
+    let from = ["panicked at", "Traceback (most recent call last)"]
+        .iter()
+        .filter_map(|marker| stderr.rfind(marker))
+        .max()
+        .map(|i| {
+            // Start at the beginning of that line.
+            stderr[..i].rfind('\n').map_or(0, |nl| nl + 1)
+        })
+        .unwrap_or(0);
+    stderr[from..].trim().to_string()
+}
+
+fn lower_event(event: &Event) -> wit::Event {
+    wit::Event {
+        id: event.id.clone(),
+        source: event.source.clone(),
+        detail_type: event.detail_type.clone(),
+        time: event.time.clone(),
+        account: event.account.clone(),
+        region: event.region.clone(),
+        resources: event.resources.clone(),
+        detail: event.detail.to_string(),
+        bus: event.bus.clone(),
+    }
+}
+
+/// Checks and converts the handler's events. Too many or too big is a
+/// failure (OutputTooLarge); a malformed event is a Reject naming it.
+fn lift_output(plugin: &str, events: Vec<wit::NewEvent>) -> Result<Vec<NewEvent>, CallError> {
+    let too_large = |message: String| CallError::Failed {
+        plugin: plugin.to_string(),
+        kind: FailureKind::OutputTooLarge,
+        message,
+    };
+    if events.len() > MAX_OUTPUT_EVENTS {
+        return Err(too_large(format!(
+            "returned {} events; the limit is {MAX_OUTPUT_EVENTS} per call",
+            events.len()
+        )));
+    }
+    let bytes: usize = events
+        .iter()
+        .map(|e| {
+            e.source.len()
+                + e.detail_type.len()
+                + e.detail.len()
+                + e.resources.iter().map(String::len).sum::<usize>()
+        })
+        .sum();
+    if bytes > MAX_OUTPUT_BYTES {
+        return Err(too_large(format!(
+            "returned {bytes} bytes of events; the limit is {MAX_OUTPUT_BYTES} bytes per call"
+        )));
+    }
+    let reject = |message: String| CallError::Reject {
+        plugin: plugin.to_string(),
+        message: format!("`{EXPORT}` returned an invalid event: {message}"),
+    };
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            for (field, value) in [("source", &e.source), ("detail-type", &e.detail_type)] {
+                if value.trim().is_empty() || value.len() > 256 {
+                    return Err(reject(format!(
+                        "events[{i}].{field} must be 1 to 256 bytes"
+                    )));
+                }
+            }
+            let detail: serde_json::Value = serde_json::from_str(&e.detail)
+                .map_err(|err| reject(format!("events[{i}].detail is not valid JSON: {err}")))?;
+            if !detail.is_object() {
+                return Err(reject(format!(
+                    "events[{i}].detail must be a JSON object, got {}",
+                    crate::event::json_kind(&detail)
+                )));
+            }
+            if let Some(r) = e.resources.iter().position(String::is_empty) {
+                return Err(reject(format!("events[{i}].resources[{r}] is empty")));
+            }
+            let bus = match e.bus {
+                Some(b) => Some(
+                    crate::event::validate_bus_name(&b)
+                        .map_err(|err| reject(format!("events[{i}].bus: {}", err.message)))?,
+                ),
+                None => None,
+            };
+            Ok(NewEvent {
+                source: e.source,
+                detail_type: e.detail_type,
+                detail,
+                resources: e.resources,
+                bus,
+            })
+        })
+        .collect()
+}
+
+fn record(plugin: &str, result: &Result<Vec<NewEvent>, CallError>, started: Instant) {
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.reason(),
+    };
+    metrics::counter!("busbar_plugin_calls_total", "plugin" => plugin.to_string(), "outcome" => outcome).increment(1);
+    metrics::histogram!("busbar_plugin_call_seconds", "plugin" => plugin.to_string())
+        .record(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_event(detail: &str) -> wit::NewEvent {
+        wit::NewEvent {
+            source: "s".into(),
+            detail_type: "t".into(),
+            detail: detail.into(),
+            resources: vec![],
+            bus: None,
+        }
+    }
+
+    #[test]
+    fn output_is_checked() {
+        let ok = lift_output("p", vec![new_event(r#"{"a":1}"#)]).unwrap();
+        assert_eq!(ok[0].detail["a"], 1);
+        let err = lift_output("p", vec![new_event(r#"{"a":1}"#), new_event("[1]")]).unwrap_err();
+        assert!(
+            matches!(&err, CallError::Reject { message, .. } if message.contains("events[1].detail must be a JSON object")),
+            "{err}"
+        );
+        let err = lift_output("p", vec![new_event("{")]).unwrap_err();
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+        let many = (0..=MAX_OUTPUT_EVENTS).map(|_| new_event("{}")).collect();
+        assert_eq!(
+            lift_output("p", many).unwrap_err().kind(),
+            Some(FailureKind::OutputTooLarge)
+        );
+        let big = format!(r#"{{"x":"{}"}}"#, "y".repeat(MAX_OUTPUT_BYTES));
+        assert_eq!(
+            lift_output("p", vec![new_event(&big)]).unwrap_err().kind(),
+            Some(FailureKind::OutputTooLarge)
+        );
+    }
+
+    #[test]
+    fn panic_message_starts_at_the_panic_line() {
+        let stderr = "starting\nthread '<unnamed>' panicked at src/lib.rs:9:5:\nboom\nnote: run with RUST_BACKTRACE=1\n";
+        assert!(
+            panic_message(stderr)
+                .starts_with("thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom")
+        );
+        assert_eq!(panic_message("something odd\n"), "something odd");
+    }
+}
