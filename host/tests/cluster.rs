@@ -524,3 +524,226 @@ async fn a_nats_restart_fails_publishes_loudly_then_work_resumes() {
     let d = take(&b, "default/r/x").await;
     b.settle(d, ack()).await.unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// Three `busbar serve --bus nats://...` processes on one nats-server.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use support::{NodeDir, Server, built};
+
+/// Every node runs the same config: events from `cluster-test` go to testkit,
+/// whose `kv` mode increments a counter named by the event in the shared kv.
+fn cluster_rules(url: &str) -> String {
+    format!(
+        r#"bus = "{url}?ack_wait_ms=3000"
+[[rules]]
+name = "count"
+pattern = '{{"source": ["cluster-test"]}}'
+[[rules.targets]]
+id = "t"
+plugin = "testkit"
+retry = {{ max_retry_attempts = 100, max_event_age_secs = 3600, base_backoff_ms = 10, max_backoff_ms = 200 }}
+"#
+    )
+}
+
+fn cluster_node(url: &str) -> NodeDir {
+    let node = NodeDir::new(&cluster_rules(url));
+    node.add_plugin(
+        &built("plugins/fixtures/testkit.wasm"),
+        "testkit",
+        Some("[scaling]\nconcurrency = 4\nmax_concurrency = 4\n"),
+    );
+    node
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Posts `keys` as kv events to `base`; returns the keys the node acknowledged.
+fn post(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    source: &str,
+    keys: &[String],
+) -> Vec<String> {
+    let body: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| json!({"source": source, "detail-type": "kv", "detail": {"key": k}}))
+        .collect();
+    let Ok(resp) = client.post(format!("{base}/events")).json(&body).send() else {
+        return vec![];
+    };
+    let Ok(v) = resp.json::<serde_json::Value>() else {
+        return vec![];
+    };
+    let entries = v["entries"].as_array().cloned().unwrap_or_default();
+    keys.iter()
+        .zip(entries)
+        .filter(|(_, e)| e.get("id").is_some())
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// Successful deliveries a node reports in its metrics.
+fn delivered_ok(client: &reqwest::blocking::Client, base: &str) -> f64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("busbar_deliveries_total") && l.contains("outcome=\"ok\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The counters testkit keeps, read straight from the shared kv bucket.
+fn counters(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    keys: &BTreeSet<String>,
+) -> BTreeMap<String, i64> {
+    rt.block_on(async {
+        let bus = node(url).await;
+        let kv = bus.nats_kv();
+        let mut out = BTreeMap::new();
+        for k in keys {
+            if let Some(v) = kv.get_async("testkit", k).await.unwrap() {
+                out.insert(k.clone(), String::from_utf8(v).unwrap().parse().unwrap());
+            }
+        }
+        out
+    })
+}
+
+fn wait_counted(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    keys: &BTreeSet<String>,
+    servers: &[&Server],
+) -> BTreeMap<String, i64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = counters(rt, url, keys);
+        if seen.len() == keys.len() {
+            return seen;
+        }
+        if std::time::Instant::now() > deadline {
+            let missing: Vec<_> = keys
+                .iter()
+                .filter(|k| !seen.contains_key(*k))
+                .take(10)
+                .collect();
+            for s in servers {
+                eprintln!("--- {}:\n{}", s.base, s.log_text());
+            }
+            panic!(
+                "{} of {} acknowledged events never counted, e.g. {missing:?}",
+                keys.len() - seen.len(),
+                keys.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn three_nodes_share_the_work_and_survive_a_kill_9() {
+    let nats = NatsServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dirs: Vec<NodeDir> = (0..3).map(|_| cluster_node(&nats.url())).collect();
+    let mut servers: Vec<Option<Server>> = dirs.iter().map(|d| Some(d.start())).collect();
+    let client = http();
+    let mut acked = BTreeSet::new();
+    let mut n = 0;
+    for round in 0..30 {
+        // Round robin over the nodes still alive; node 2 dies a third of the way in.
+        if round == 10 {
+            servers[2].take().unwrap().kill9();
+        }
+        for (i, d) in dirs.iter().enumerate() {
+            if servers[i].is_none() {
+                continue;
+            }
+            let keys: Vec<String> = (n..n + 10).map(|k| format!("e{k}")).collect();
+            n += 10;
+            acked.extend(post(&client, &d.base(), "cluster-test", &keys));
+        }
+    }
+    assert!(
+        acked.len() >= 200,
+        "only {} events were acknowledged",
+        acked.len()
+    );
+    let alive: Vec<&Server> = servers.iter().flatten().collect();
+    let counted = wait_counted(&rt, &nats.url(), &acked, &alive);
+    let duplicates: i64 = counted.values().map(|c| c - 1).sum();
+    let shares: Vec<f64> = alive
+        .iter()
+        .map(|s| delivered_ok(&client, &s.base))
+        .collect();
+    println!(
+        "{} acknowledged events all counted; {duplicates} redelivered twice; deliveries per surviving node: {shares:?}",
+        acked.len()
+    );
+    assert!(
+        shares.iter().all(|&s| s > 0.0),
+        "a node took no work: {shares:?}"
+    );
+}
+
+#[test]
+fn a_rule_put_on_one_node_routes_on_another() {
+    let nats = NatsServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (da, db) = (cluster_node(&nats.url()), cluster_node(&nats.url()));
+    let (a, b) = (da.start(), db.start());
+    let client = http();
+    let rule = json!({
+        "pattern": {"source": ["dynamic-test"]},
+        "targets": [{"id": "t", "plugin": "testkit"}]
+    });
+    let put_at = std::time::Instant::now();
+    let resp = client
+        .put(format!("{}/v1/rules/default/dynamic", a.base))
+        .json(&rule)
+        .send()
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().unwrap());
+    // Node b learns the rule from the rules bucket, not from its own API.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !client
+        .get(format!("{}/v1/rules/default/dynamic", b.base))
+        .send()
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node b never saw the rule"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "rule visible on the other node after {:?}",
+        put_at.elapsed()
+    );
+    let keys = vec!["dyn1".to_string()];
+    assert_eq!(post(&client, &b.base, "dynamic-test", &keys), keys);
+    let counted = wait_counted(&rt, &nats.url(), &keys.into_iter().collect(), &[&a, &b]);
+    assert_eq!(counted["dyn1"], 1);
+}
