@@ -69,10 +69,19 @@ impl Node {
                     .with_context(|| format!("opening the store in {}", data_dir.display()))?
             }
             Some(url) => {
-                anyhow::bail!("bus {url}: this build runs on the embedded store only (omit --bus)")
+                let mut nc = crate::bus::nats::NatsConfig::from_url(url)?;
+                nc.max_queue_backlog = config.delivery.max_queue_backlog;
+                nc.max_total_backlog = config.delivery.max_total_backlog;
+                nc.archive_retention = Duration::from_secs(config.archive.retention_days * 86_400);
+                crate::bus::nats::NatsBus::connect(nc, rules.clone())
+                    .await
+                    .with_context(|| format!("starting the JetStream bus on {url}"))?
             }
         };
         rules.load(bus.rules().await?, bus.buses().await?);
+        if let Some(changes) = bus.watch_rules().await? {
+            tokio::spawn(follow_stored_rules(rules.clone(), changes));
+        }
         rules
             .replace_config(config.rules()?, config.buses())
             .context("rules in the config file")?;
@@ -432,5 +441,43 @@ impl Node {
                 }
             }
         });
+    }
+}
+
+/// Applies rule and bus changes made through other nodes to this node's rule
+/// set. Changes this node made itself come back too and are already applied.
+async fn follow_stored_rules(
+    rules: Arc<RuleSet>,
+    mut changes: tokio::sync::mpsc::Receiver<crate::bus::StoredChange>,
+) {
+    use crate::bus::StoredChange;
+    while let Some(change) = changes.recv().await {
+        let result = match change {
+            StoredChange::Rule(rule) => {
+                if rules.get(&rule.bus, &rule.name).as_ref() == Some(&rule) {
+                    continue;
+                }
+                rules.put(rule, false).map(|_| ())
+            }
+            StoredChange::RuleDeleted { bus, name } => match rules.get(&bus, &name) {
+                Some(r) if r.origin == RuleOrigin::Api => rules.remove(&bus, &name).map(|_| ()),
+                _ => continue,
+            },
+            StoredChange::Bus(info) => {
+                if rules.has_bus(&info.name) {
+                    continue;
+                }
+                rules.put_bus(info)
+            }
+            StoredChange::BusDeleted(name) => {
+                if !rules.has_bus(&name) {
+                    continue;
+                }
+                rules.remove_bus(&name)
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "a rule change from another node was not applied here");
+        }
     }
 }

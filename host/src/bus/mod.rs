@@ -14,6 +14,7 @@
 //!   settle redelivers, with the same delivery id.
 
 pub mod embedded;
+pub mod nats;
 
 use crate::event::Event;
 use crate::rules::{BusInfo, Rule};
@@ -94,6 +95,15 @@ pub struct DeadLetter {
     /// RFC 3339: when the first delivery attempt was queued, and when it was dead-lettered.
     pub first_queued_at: String,
     pub dead_lettered_at: String,
+}
+
+/// A change to the stored (API) rules and buses, as a shared store reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredChange {
+    Rule(Rule),
+    RuleDeleted { bus: String, name: String },
+    Bus(BusInfo),
+    BusDeleted(String),
 }
 
 /// Per-event outcome of a publish.
@@ -220,6 +230,16 @@ pub trait Bus: Send + Sync + 'static {
     async fn archive(&self, query: ArchiveQuery<'_>) -> Result<Vec<Event>, BusError>;
     /// Deletes archived events received before `before_ms`; returns how many.
     async fn expire_archive(&self, before_ms: i64) -> Result<usize, BusError>;
+
+    /// Changes to the stored rules and buses made through any node: first the
+    /// current entries, then each change as it happens. Backends shared by
+    /// several nodes return a stream; the embedded store has one writer, this
+    /// node, so it has nothing to report.
+    async fn watch_rules(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<StoredChange>>, BusError> {
+        Ok(None)
+    }
 
     /// The store plugins keep their state in.
     fn kv(&self) -> Arc<dyn crate::runtime::KvBackend>;
