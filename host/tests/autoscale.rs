@@ -69,13 +69,27 @@ fn start(with_autoscaler: bool) -> (NodeDir, Server) {
         WORK_RULE.to_string()
     };
     let node = NodeDir::new(&rules);
-    node.add_plugin(&built("plugins/fixtures/testkit.wasm"), "slow", Some(SLOW_MANIFEST));
+    node.add_plugin(
+        &built("plugins/fixtures/testkit.wasm"),
+        "slow",
+        Some(SLOW_MANIFEST),
+    );
     if with_autoscaler {
         let manifest = std::fs::read_to_string(repo_root().join("plugins/autoscaler.toml"))
             .unwrap()
-            .replace("target_backlog_per_worker = \"10\"", "target_backlog_per_worker = \"5\"")
-            .replace("scale_in_cooldown_secs = \"30\"", "scale_in_cooldown_secs = \"2\"");
-        node.add_plugin(&built("plugins/autoscaler.wasm"), "autoscaler", Some(&manifest));
+            .replace(
+                "target_backlog_per_worker = \"10\"",
+                "target_backlog_per_worker = \"5\"",
+            )
+            .replace(
+                "scale_in_cooldown_secs = \"30\"",
+                "scale_in_cooldown_secs = \"2\"",
+            );
+        node.add_plugin(
+            &built("plugins/autoscaler.wasm"),
+            "autoscaler",
+            Some(&manifest),
+        );
     }
     let server = node.start();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -116,7 +130,10 @@ fn concurrency_rises_under_a_burst_and_falls_back_after_the_cooldown() {
         if t["backlog"] == 0 && t["in_flight"] == 0 && peak > 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "burst not drained with scaling: {t}");
+        assert!(
+            Instant::now() < deadline,
+            "burst not drained with scaling: {t}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(peak > 1, "concurrency never rose");
@@ -153,8 +170,14 @@ fn without_the_autoscaler_concurrency_stays_at_the_manifest_default() {
 
 #[test]
 fn scale_decisions_are_clamped_and_unknown_targets_dead_lettered() {
-    let node = NodeDir::new(&format!("{WORK_RULE}{SCALING_RULES}").replace("interval_secs = 1", "interval_secs = 0"));
-    node.add_plugin(&built("plugins/fixtures/testkit.wasm"), "slow", Some(SLOW_MANIFEST));
+    let node = NodeDir::new(
+        &format!("{WORK_RULE}{SCALING_RULES}").replace("interval_secs = 1", "interval_secs = 0"),
+    );
+    node.add_plugin(
+        &built("plugins/fixtures/testkit.wasm"),
+        "slow",
+        Some(SLOW_MANIFEST),
+    );
     let server = node.start();
     let base = &server.base;
     let scale = |target: &str, n: i64| {
@@ -182,13 +205,21 @@ fn scale_decisions_are_clamped_and_unknown_targets_dead_lettered() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v: Value = client().get(format!("{base}/v1/dlq")).send().unwrap().json().unwrap();
+        let v: Value = client()
+            .get(format!("{base}/v1/dlq"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         if let Some(d) = v["dead_letters"].as_array().and_then(|a| a.first()) {
             let reason = d["last_error"].as_str().unwrap();
             assert!(reason.contains("unknown target nope/t"), "{d}");
             break;
         }
-        assert!(Instant::now() < deadline, "no dead letter for the unknown target");
+        assert!(
+            Instant::now() < deadline,
+            "no dead letter for the unknown target"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
