@@ -277,16 +277,6 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    #[inline]
-    fn expect(&mut self, c: u8) -> R {
-        if self.peek() == Some(c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(Malformed)
-        }
-    }
-
     fn object(
         &mut self,
         trie: &PathTrie,
@@ -298,46 +288,50 @@ impl<'a> Scanner<'a> {
         if depth >= MAX_DEPTH {
             return Err(Malformed);
         }
-        self.i += 1; // '{'
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
+        // The position lives in a local between calls out, so the loop over
+        // members no rule reads keeps it in a register.
+        let b = self.b;
+        let mut i = ws_at(b, self.i + 1);
+        if b.get(i) == Some(&b'}') {
+            self.i = i + 1;
             return Ok(());
         }
         loop {
-            if self.peek() != Some(b'"') {
+            if b.get(i) != Some(&b'"') {
                 return Err(Malformed);
             }
-            let start = self.i + 1;
-            let (end, escaped, dotted) = string_at::<true>(self.b, self.i)?;
-            self.i = end + 1;
+            let start = i + 1;
+            let (end, escaped, dotted) = string_at::<true>(b, i)?;
             let child = if escaped {
                 self.unescape(start, end)?;
                 trie.step(node, &self.buf)
             } else {
-                trie.step_dotted(node, &self.b[start..end], dotted)
+                trie.step_dotted(node, &b[start..end], dotted)
             };
-            self.ws();
-            self.expect(b':')?;
-            self.ws();
-            match child {
-                Some(c) => self.value(trie, c, depth + 1, trail, sink)?,
+            i = ws_at(b, end + 1);
+            if b.get(i) != Some(&b':') {
+                return Err(Malformed);
+            }
+            i = ws_at(b, i + 1);
+            i = match child {
+                Some(c) => {
+                    self.i = i;
+                    self.value(trie, c, depth + 1, trail, sink)?;
+                    self.i
+                }
                 // Most skipped members are plain strings or numbers: spare them
                 // the general skipper's set-up.
-                None => match self.peek() {
-                    Some(b'"') => self.skip_string()?,
-                    Some(b'-' | b'0'..=b'9') => self.skip_number()?,
-                    _ => self.skip_value(depth + 1)?,
+                None => match b.get(i) {
+                    Some(b'"') => string_at::<false>(b, i)?.0 + 1,
+                    Some(b'-' | b'0'..=b'9') => number_at(b, i)?,
+                    _ => skip_value_at(b, i, depth + 1)?,
                 },
-            }
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
+            };
+            i = ws_at(b, i);
+            match b.get(i) {
+                Some(b',') => i = ws_at(b, i + 1),
                 Some(b'}') => {
-                    self.i += 1;
+                    self.i = i + 1;
                     return Ok(());
                 }
                 _ => return Err(Malformed),
@@ -596,7 +590,7 @@ fn skip_value_at(b: &[u8], mut i: usize, depth: u32) -> Result<usize, Malformed>
             _ => return Err(Malformed),
         }
         // A value ended: close containers until one goes on.
-        loop {
+        'close: loop {
             if level == 0 {
                 return Ok(i);
             }
@@ -607,6 +601,16 @@ fn skip_value_at(b: &[u8], mut i: usize, depth: u32) -> Result<usize, Malformed>
                     i = ws_at(b, i + 1);
                     if in_object {
                         i = member_key_at(b, i)?;
+                    } else {
+                        // Runs of numbers (coordinates, samples) go round
+                        // this short loop rather than the general one.
+                        while let Some(b'-' | b'0'..=b'9') = b.get(i) {
+                            i = number_at(b, i)?;
+                            if b.get(i) != Some(&b',') {
+                                continue 'close;
+                            }
+                            i = ws_at(b, i + 1);
+                        }
                     }
                     break;
                 }
