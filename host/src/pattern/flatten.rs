@@ -323,7 +323,7 @@ impl<'a> Scanner<'a> {
                 // the general skipper's set-up.
                 None => match b.get(i) {
                     Some(b'"') => string_at::<false>(b, i)?.0 + 1,
-                    Some(b'-' | b'0'..=b'9') => number_at(b, i)?,
+                    Some(b'-' | b'0'..=b'9') => skip_number_at(b, i)?,
                     _ => skip_value_at(b, i, depth + 1)?,
                 },
             };
@@ -555,7 +555,7 @@ fn skip_value_at(b: &[u8], mut i: usize, depth: u32) -> Result<usize, Malformed>
     loop {
         // A value starts at `i`.
         match b.get(i) {
-            Some(b'-' | b'0'..=b'9') => i = number_at(b, i)?,
+            Some(b'-' | b'0'..=b'9') => i = skip_number_at(b, i)?,
             Some(b'"') => i = string_at::<false>(b, i)?.0 + 1,
             Some(b'[') => {
                 if depth + level >= MAX_DEPTH {
@@ -605,7 +605,7 @@ fn skip_value_at(b: &[u8], mut i: usize, depth: u32) -> Result<usize, Malformed>
                         // Runs of numbers (coordinates, samples) go round
                         // this short loop rather than the general one.
                         while let Some(b'-' | b'0'..=b'9') = b.get(i) {
-                            i = number_at(b, i)?;
+                            i = skip_number_at(b, i)?;
                             if b.get(i) != Some(&b',') {
                                 continue 'close;
                             }
@@ -717,6 +717,49 @@ fn string_at<const DOTS: bool>(b: &[u8], i: usize) -> Result<(usize, bool, bool)
             _ => i += 1,
         }
     }
+}
+
+/// At a number's first byte: where the number ends, for a number that is only
+/// skipped. The end is found as the next byte that may follow a number in valid
+/// JSON, and the grammar is checked apart: the next step needs only the end, so
+/// the check of one number overlaps the scan of the following ones instead of
+/// each digit run waiting for the previous.
+#[inline(always)]
+fn skip_number_at(b: &[u8], i: usize) -> Result<usize, Malformed> {
+    let end = number_end(b, i);
+    if number_at(b, i)? != end {
+        return Err(Malformed);
+    }
+    Ok(end)
+}
+
+/// The first `,`, `]`, `}`, whitespace or control byte after `i`, or the end.
+#[inline(always)]
+fn number_end(b: &[u8], mut i: usize) -> usize {
+    while let Some(pair) = b.get(i..i + 16) {
+        let stop = |w: &[u8]| {
+            let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            // `]` and `}` differ only in bit 5.
+            zero_bytes(x ^ (ONES * b',' as u64))
+                | zero_bytes((x | ONES * 0x20) ^ (ONES * b'}' as u64))
+                | (x.wrapping_sub(ONES * 0x21) & !x & HIGH)
+        };
+        let (lo, hi) = (stop(&pair[..8]), stop(&pair[8..]));
+        if lo != 0 {
+            return i + (lo.trailing_zeros() / 8) as usize;
+        }
+        if hi != 0 {
+            return i + 8 + (hi.trailing_zeros() / 8) as usize;
+        }
+        i += 16;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b',' || c == b']' || c == b'}' || c <= b' ' {
+            break;
+        }
+        i += 1;
+    }
+    i
 }
 
 /// At a number's first byte: where the number ends, by JSON's grammar
