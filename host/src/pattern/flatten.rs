@@ -4,9 +4,12 @@
 //!
 //! The walk is guided by a [`PathTrie`] of every path any rule names, so a field
 //! no rule reads is never looked at again: in a `Value` it is passed over, and in
-//! raw bytes it is only validated (a fast byte loop), never decoded. Keys that
-//! contain dots are split, so an event field `"a.b"` and a nested `a` → `b` reach
-//! the same path, as they do in the reference interpreter.
+//! raw bytes it is only validated, never decoded. Validation is as strict as
+//! serde_json's and runs mostly eight bytes at a time: strings up to the next
+//! quote, backslash, control or non-ASCII byte; digit runs; a skipped number up
+//! to its delimiter. Keys that contain dots are split, so an event field `"a.b"`
+//! and a nested `a` → `b` reach the same path, as they do in the reference
+//! interpreter.
 
 use super::hash::FxHashMap;
 use super::parse::Scalar;
