@@ -744,7 +744,7 @@ fn number_end(b: &[u8], mut i: usize) -> usize {
             let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
             // `]` and `}` differ only in bit 5.
             zero_bytes(x ^ (ONES * b',' as u64))
-                | zero_bytes((x | ONES * 0x20) ^ (ONES * b'}' as u64))
+                | zero_bytes((x | (ONES * 0x20)) ^ (ONES * b'}' as u64))
                 | (x.wrapping_sub(ONES * 0x21) & !x & HIGH)
         };
         let (lo, hi) = (stop(&pair[..8]), stop(&pair[8..]));
