@@ -9,7 +9,9 @@
 //! are matched as they are, as raw bytes.
 //!
 //! Run: `cargo bench -p busbar --bench pattern_match`
-//! (`BUSBAR_BENCH_EVENTS=20000` shrinks the data set from 200,000 events).
+//! (`BUSBAR_BENCH_EVENTS=20000` shrinks the data set from 200,000 events;
+//! `BUSBAR_BENCH_ONLY=prefix` runs only the rule sets whose name contains the
+//! text, and skips the memory figures, e.g. to profile one kind).
 //! Figures are events per second on one thread.
 
 use busbar::pattern::{Matcher, Pattern};
@@ -381,9 +383,13 @@ fn main() {
         "citylots-like data set: {n} features, {avg} bytes on average (seeded, generated at start-up)\n"
     );
 
+    let only = std::env::var("BUSBAR_BENCH_ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     let mut rows = Vec::new();
     for (name, rules) in kinds() {
-        rows.push(measure(name, &rules, &events, &values));
+        if wanted(name) {
+            rows.push(measure(name, &rules, &events, &values));
+        }
     }
 
     // Scaling: many distinct rules of one kind; only a few can match a given event.
@@ -402,12 +408,10 @@ fn main() {
                 )
             })
             .collect();
-        rows.push(measure(
-            &format!("scaling exact x{count}"),
-            &exact,
-            &events,
-            &values,
-        ));
+        let name = format!("scaling exact x{count}");
+        if wanted(&name) {
+            rows.push(measure(&name, &exact, &events, &values));
+        }
         let prefix: Vec<String> = (0..count)
             .map(|i| {
                 let block = scale_rng.below(9000) + 1;
@@ -418,14 +422,15 @@ fn main() {
                 )
             })
             .collect();
-        rows.push(measure(
-            &format!("scaling prefix x{count}"),
-            &prefix,
-            &events,
-            &values,
-        ));
+        let name = format!("scaling prefix x{count}");
+        if wanted(&name) {
+            rows.push(measure(&name, &prefix, &events, &values));
+        }
     }
     print(&rows);
+    if only.is_some() {
+        return;
+    }
 
     // Memory of a compiled matcher at 10,000 rules.
     println!();

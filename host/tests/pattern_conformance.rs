@@ -732,6 +732,14 @@ fn matches_json_rejects_malformed_json() {
         b"{\"source\":\"a\"} x",
         b"\xff",
         b"",
+        // In fields no rule reads, too: bad UTF-8, lone surrogates, numbers
+        // out of range, a number cut short inside an array.
+        b"{\"x\":\"\xc3\",\"source\":\"a\"}",
+        b"{\"x\":\"\\ud800\",\"source\":\"a\"}",
+        b"{\"x\":\"\\udc00\",\"source\":\"a\"}",
+        b"{\"x\":1e400,\"source\":\"a\"}",
+        b"{\"x\":[1,2.,3],\"source\":\"a\"}",
+        b"{\"x\":[1,2\"y\"],\"source\":\"a\"}",
     ] {
         assert!(
             m.matches_json(bad).is_err(),

@@ -249,6 +249,164 @@ proptest! {
     }
 }
 
+/// A subtree no rule reads, so the scanner only validates it: long numbers and
+/// strings (several eight-byte words), escapes, non-ASCII text, nesting.
+fn noise() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        prop::sample::select(&[-122.46618192450234, 37.75602937, 0.0, 1e-7, 6.02e23, -0.5][..])
+            .prop_map(|n| json!(n)),
+        prop::sample::select(&[0u64, 7, 1234567890123456789][..]).prop_map(|n| json!(n)),
+        prop::sample::select(
+            &[
+                "",
+                "plain ascii text",
+                "déjà vu – €",
+                "tab\there \"q\"",
+                "😀x",
+                "a.b.c"
+            ][..]
+        )
+        .prop_map(|s| json!(s)),
+        Just(json!(null)),
+        Just(json!(true)),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop::sample::select(&["k", "a.b", "ключ"][..]),
+                inner,
+                0..3
+            )
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+        ]
+    })
+}
+
+/// Bytes that make or break JSON: structure, number and literal letters,
+/// escapes, controls, and UTF-8 lead, continuation and invalid bytes.
+const MUTATION_BYTES: &[u8] = b"{}[],:\"\\ \t0123456789-+.eEutfnlrDd\x01\x1f\x7f\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xed\xa0\xff\xc0";
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    /// The scanner validates skipped subtrees as strictly as the parts it reads:
+    /// however a document is damaged, `matches_json` refuses it exactly when
+    /// serde_json does, and agrees with `matches` when both accept it.
+    #[test]
+    fn matches_json_refuses_exactly_what_serde_json_refuses(
+        e in event(),
+        extra in noise(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), 0..3u8, prop::sample::select(MUTATION_BYTES)), 1..4),
+        escape_some in any::<bool>(),
+    ) {
+        let patterns = parse_all(&[
+            json!({"a": ["foo"], "c": {"d": [{"exists": true}]}}),
+            json!({"arr": {"x": [{"prefix": "f"}]}}),
+            json!({"list": [{"numeric": [">", 0]}]}),
+        ]);
+        let matcher = Matcher::new(patterns.iter().cloned().enumerate());
+        let mut doc = e;
+        doc.as_object_mut().unwrap().insert("noise".into(), extra);
+        let mut text = doc.to_string();
+        if escape_some {
+            // Escapes of every kind, a surrogate pair among them.
+            text = text.replace('o', "\\u006f").replace('😀', "\\ud83d\\ude00").replace('x', "\\u0078");
+        }
+        let mut bytes = text.into_bytes();
+        for (at, op, byte) in edits {
+            let i = at.index(bytes.len() + 1);
+            match op {
+                0 => bytes.insert(i, byte),
+                1 if i < bytes.len() => { bytes.remove(i); }
+                _ if i < bytes.len() => bytes[i] = byte,
+                _ => bytes.push(byte),
+            }
+        }
+        let scanned = matcher.matches_json(&bytes);
+        match serde_json::from_slice::<Value>(&bytes) {
+            Err(_) => prop_assert!(scanned.is_err(), "accepted {:?}", String::from_utf8_lossy(&bytes)),
+            Ok(value) => {
+                let scanned = scanned.map_err(|e| TestCaseError::fail(format!("refused {:?}: {e}", String::from_utf8_lossy(&bytes))))?;
+                // Duplicate keys are the one documented difference (serde_json
+                // keeps the last); an edit can make one.
+                if !has_duplicate_keys(&bytes) {
+                    prop_assert_eq!(scanned, matcher.matches(&value), "on {:?}", String::from_utf8_lossy(&bytes));
+                }
+            }
+        }
+    }
+}
+
+/// Whether any object in a valid JSON document repeats a key, found by
+/// comparing each object's member count in the text with serde_json's map.
+fn has_duplicate_keys(bytes: &[u8]) -> bool {
+    let value: Value = serde_json::from_slice(bytes).unwrap();
+    let mut from_value = Vec::new();
+    fn sizes(v: &Value, out: &mut Vec<usize>) {
+        match v {
+            Value::Object(m) => {
+                out.push(m.len());
+                m.values().for_each(|v| sizes(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| sizes(v, out)),
+            _ => {}
+        }
+    }
+    sizes(&value, &mut from_value);
+    // serde_json's streaming deserializer sees every member, duplicates too.
+    struct Count<'a>(&'a mut Vec<usize>);
+    impl<'de> serde::de::DeserializeSeed<'de> for Count<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> serde::de::Visitor<'de> for Count<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let at = self.0.len();
+            self.0.push(0);
+            let mut n = 0;
+            while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                map.next_value_seed(Count(self.0))?;
+                n += 1;
+            }
+            self.0[at] = n;
+            Ok(())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Count(self.0))?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    let mut from_text = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde::de::DeserializeSeed::deserialize(Count(&mut from_text), &mut de).unwrap();
+    from_text != from_value
+}
+
 #[test]
 fn generated_cases_parse_and_match_often() {
     // Guards the generators: patterns that never parse, or never match, would

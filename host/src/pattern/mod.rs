@@ -187,9 +187,10 @@ impl<T: Clone + Eq + Hash + Send + Sync> Matcher<T> {
         let mut out = Vec::new();
         match self.compiled.match_json(json, &mut out) {
             Ok(()) => Ok(self.keys(&out)),
-            // The scanner is stricter than serde_json in a few corners (lone
-            // surrogates, nesting depth): defer to serde_json's verdict, and to
-            // the `Value` path when it accepts.
+            // The scanner refuses what serde_json refuses (lone surrogates,
+            // numbers out of range, nesting beyond 128 included); serde_json
+            // gives the precise error, and should the two ever disagree about
+            // an input, its verdict and the `Value` path decide.
             Err(flatten::Malformed) => {
                 let value: serde_json::Value = serde_json::from_slice(json)?;
                 Ok(self.matches(&value))
