@@ -11,8 +11,8 @@
 //! `cargo bench -p busbar --bench load` (after `plugins/build.sh`). Knobs:
 //! BUSBAR_LOAD_SECS (per phase, default 10), BUSBAR_LOAD_RATE (default 10000),
 //! BUSBAR_LOAD_SOAK_SECS (default 60), BUSBAR_LOAD_CLIENTS (default 64),
-//! BUSBAR_LOAD_TRACE=1 to run the server with debug-level tracing (the
-//! observability-overhead comparison).
+//! BUSBAR_LOAD_OBS=off to run the server without metrics and tracing (the
+//! observability-overhead comparison: run once with, once without).
 
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -41,6 +41,11 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// BUSBAR_LOAD_OBS=off runs the server without Prometheus metrics and tracing.
+fn observability_off() -> bool {
+    std::env::var("BUSBAR_LOAD_OBS").is_ok_and(|v| v == "off")
 }
 
 fn free_port() -> u16 {
@@ -86,6 +91,7 @@ max_queue_backlog = 2000000
 max_total_backlog = 4000000
 [metrics]
 interval_secs = 0
+prometheus = {prometheus}
 [[rules]]
 name = "orders"
 pattern = '{{"source": ["order-service"]}}'
@@ -94,15 +100,13 @@ id = "payment-check"
 plugin = "payment-check"
 "#,
             plugins.display(),
-            dir.path().join("data").display()
+            dir.path().join("data").display(),
+            prometheus = !observability_off(),
         ),
     )
     .unwrap();
-    let log = if std::env::var("BUSBAR_LOAD_TRACE").is_ok() {
-        "debug"
-    } else {
-        "warn"
-    };
+    // As shipped, busbar logs at info with a span per delivery; "off" drops both.
+    let log = if observability_off() { "off" } else { "info" };
     let child = Command::new(env!("CARGO_BIN_EXE_busbar"))
         .args(["serve", "--config"])
         .arg(&config)

@@ -127,11 +127,16 @@ impl Default for ArchiveConfig {
 pub struct MetricsConfig {
     /// Seconds between `Target Metrics` events (0: off).
     pub interval_secs: u64,
+    /// Serve Prometheus metrics at `/metrics` (false: record nothing).
+    pub prometheus: bool,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { interval_secs: 5 }
+        MetricsConfig {
+            interval_secs: 5,
+            prometheus: true,
+        }
     }
 }
 

@@ -25,6 +25,13 @@ pub fn install() {
 }
 
 pub async fn render(State(node): NodeState) -> Response {
+    if !node.config.metrics.prometheus {
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics are off: set [metrics] prometheus = true in the config file",
+        )
+            .into_response();
+    }
     install();
     let handle = match HANDLE.get() {
         Some(Ok(h)) => h,
