@@ -264,8 +264,16 @@ impl Inner {
     fn commit_batch(&self, batch: Vec<Op>) {
         let mut after = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
+        // Only publishes must reach the disk before their callers hear back. A batch
+        // of settles alone commits without fsync: if it is lost in a crash, those
+        // deliveries are still pending in the table and run again (at least once),
+        // and the next durable commit persists it anyway.
+        let durable = batch.iter().any(|op| matches!(op, Op::Publish { .. }));
         let result = (|| -> Result<(), BusError> {
-            let tx = self.db.begin_write()?;
+            let mut tx = self.db.begin_write()?;
+            if !durable {
+                tx.set_durability(redb::Durability::None);
+            }
             {
                 let mut events = tx.open_table(EVENTS)?;
                 let mut queue = tx.open_table(QUEUE)?;
