@@ -1,9 +1,10 @@
 //! The one wasmtime [`Engine`] every plugin runs in, and the epoch ticker that
 //! lets the host interrupt guest code.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// One epoch tick. Guests are interrupted at most this late past a deadline;
@@ -128,6 +129,28 @@ pub fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Where a call's CPU budget starts counting: this thread's CPU clock, read
+/// at most once per [`TICK`]. The clock is a system call (about a microsecond,
+/// a sizeable share of a warm call), so back-to-back calls on one thread share
+/// a reading. A reading taken less than a tick ago is at most a tick behind
+/// the clock, so a call is charged at most one tick of the host's own work
+/// before it: the same granularity epoch interruption already has, and never
+/// in the guest's favour.
+pub fn cpu_baseline() -> Duration {
+    thread_local! {
+        static LAST: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    LAST.with(|last| match last.get() {
+        Some((at, cpu)) if now.saturating_duration_since(at) < TICK => cpu,
+        _ => {
+            let cpu = thread_cpu_time();
+            last.set(Some((now, cpu)));
+            cpu
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +160,23 @@ mod tests {
         assert_eq!(ticks(Duration::ZERO), 1);
         assert_eq!(ticks(Duration::from_micros(1500)), 2);
         assert_eq!(ticks(Duration::from_millis(500)), 500);
+    }
+
+    #[test]
+    fn cpu_baseline_is_never_ahead_of_the_clock() {
+        for _ in 0..1000 {
+            let base = cpu_baseline();
+            assert!(base <= thread_cpu_time());
+        }
+        // After a tick the reading is refreshed, so it cannot lag behind
+        // the work done since.
+        let mut x = 0u64;
+        let start = Instant::now();
+        while start.elapsed() < 3 * TICK {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let before = thread_cpu_time();
+        assert!(cpu_baseline() >= before);
     }
 
     #[test]
