@@ -8,6 +8,7 @@
 //! below the limit, so the wait only covers the moment between one call's
 //! end and the next one's start.
 
+use super::call::CallMetrics;
 use super::engine::{self, EngineLimits};
 use super::errors::{CallError, FailureKind};
 use super::imports::bindings::{Handler, HandlerPre};
@@ -94,6 +95,7 @@ pub struct Version {
     retired: AtomicBool,
     slots: Arc<Slots>,
     pub instances_created: AtomicU64,
+    pub metrics: CallMetrics,
 }
 
 impl Version {
@@ -104,8 +106,10 @@ impl Version {
         pre: HandlerPre<State>,
         slots: Arc<Slots>,
     ) -> Version {
+        let name = host.name.clone();
         Version {
-            name: host.name.clone(),
+            metrics: CallMetrics::new(&name),
+            name,
             hash,
             manifest: host.manifest.clone(),
             component,

@@ -51,8 +51,7 @@ pub struct CallClock {
 
 impl CallClock {
     /// Starts the wall clock. The CPU reading is taken by [`CallClock::start_cpu`]
-    /// right before guest code runs (reading it is a system call, so the warm
-    /// path reads it once).
+    /// right before guest code runs.
     pub fn new(timeout: Duration, cpu_budget: Duration) -> CallClock {
         CallClock {
             start: Instant::now(),
@@ -64,7 +63,7 @@ impl CallClock {
 
     pub fn start_cpu(self) -> CallClock {
         CallClock {
-            cpu_start: super::engine::thread_cpu_time(),
+            cpu_start: super::engine::cpu_baseline(),
             ..self
         }
     }
