@@ -391,3 +391,43 @@ plugin = "echo"
     // Exactly hop_limit echoes were published before the chain was cut.
     assert_eq!(archive(base, json!({"source": ["echo"]})).len(), 5);
 }
+
+#[test]
+fn rules_in_the_config_file_reload_when_it_changes() {
+    let node = NodeDir::new("[metrics]\ninterval_secs = 0\n");
+    let server = node.start();
+    let base = &server.base;
+    assert_eq!(get(base, "/v1/rules")["rules"].as_array().unwrap().len(), 0);
+    let path = node.dir.path().join("busbar.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("[[rules]]\nname = \"added\"\npattern = '{\"source\": [\"x\"]}'\n");
+    std::fs::write(&path, &text).unwrap();
+    eventually(10, "the new rule", || {
+        let v = get(base, "/v1/rules");
+        let rules = v["rules"].as_array()?.clone();
+        rules
+            .iter()
+            .find(|r| r["name"] == "added" && r["origin"] == "config")
+            .cloned()
+    });
+    // A broken file keeps the rules already loaded.
+    std::fs::write(
+        &path,
+        format!("{text}[[rules]]\nname = \"bad\"\npattern = '{{\"source\": []}}'\n"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let v = get(base, "/v1/rules");
+    let names: Vec<&str> = v["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["added"], "{v}");
+    let log = server.log_text();
+    assert!(
+        log.contains("config file rejected"),
+        "the log says why: {log}"
+    );
+}

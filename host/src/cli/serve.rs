@@ -98,7 +98,8 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        // Colour codes only on a terminal: a log file or journal gets plain text.
+        // The log is diagnostics, so stderr; colour codes only on a terminal.
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

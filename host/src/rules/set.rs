@@ -399,6 +399,7 @@ impl Router for RuleSet {
         };
         let mut ids = m.matcher.matches(&json);
         ids.sort_unstable();
+        metrics::counter!("busbar_matches_total").increment(ids.len() as u64);
         ids.into_iter()
             .flat_map(|i| m.routes[i].iter().cloned())
             .collect()
