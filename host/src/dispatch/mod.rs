@@ -82,7 +82,12 @@ pub struct Dispatcher {
     pools: Mutex<HashMap<String, Pool>>,
     outcomes: broadcast::Sender<DeliveryOutcome>,
     pub control: Arc<crate::control::Control>,
+    /// Bounds the settles committing in the background (see `finish`).
+    settling: Arc<tokio::sync::Semaphore>,
 }
+
+/// Settles that may be committing at once, over all targets.
+const MAX_SETTLING: usize = 4096;
 
 /// A target's worker pool as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -109,6 +114,7 @@ impl Dispatcher {
             pools: Mutex::new(HashMap::new()),
             outcomes: broadcast::channel(4096).0,
             control: Default::default(),
+            settling: Arc::new(tokio::sync::Semaphore::new(MAX_SETTLING)),
         })
     }
 
@@ -548,11 +554,23 @@ impl Dispatcher {
         };
         tracing::debug!(event = %report.event_id, rule = %report.rule, target = %report.target,
             outcome, attempt = report.attempt, "delivery settled");
-        if let Err(e) = self.bus.settle(d, settle).await {
-            // The delivery stays in the store and is delivered again after a restart.
-            tracing::error!(error = %e, event = %report.event_id, "could not settle a delivery");
+        // The worker goes on to its next delivery while this one commits: waiting
+        // for every commit would cap a target at concurrency / commit latency.
+        // Nothing is lost by not waiting: until the commit lands the delivery is
+        // still pending in the store, so a crash delivers it again.
+        let Ok(permit) = self.settling.clone().acquire_owned().await else {
             return;
-        }
-        let _ = self.outcomes.send(report);
+        };
+        let bus = self.bus.clone();
+        let outcomes = self.outcomes.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = bus.settle(d, settle).await {
+                // The delivery stays in the store and is delivered again after a restart.
+                tracing::error!(error = %e, event = %report.event_id, "could not settle a delivery");
+                return;
+            }
+            let _ = outcomes.send(report);
+        });
     }
 }
