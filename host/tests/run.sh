@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need (the
 # guest toolchains through plugins/build.sh, nats-server, awscli and boto3),
-# builds the plugins and test fixtures, then runs every test.
+# builds the plugins and test fixtures, checks formatting and lints, then runs
+# every test. .ci/run calls exactly this.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -10,4 +11,12 @@ cd "$root"
 "$root/host/tests/tools.sh"
 export PATH="$root/.tools/venv/bin:$PATH"
 
+# Style gates first: a formatting or lint failure is reported before the long run.
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo test"
 cargo test --workspace "$@"
