@@ -16,3 +16,4 @@ pub mod node;
 pub mod pattern;
 pub mod rules;
 pub mod runtime;
+pub mod telemetry;

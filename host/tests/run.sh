@@ -17,6 +17,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p busbar --all-targets --features otlp -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace "$@"
+# The OTLP export lives behind a cargo feature; its test needs that build.
+echo "== cargo test --features otlp"
+cargo test -p busbar --features otlp --test otlp "$@"

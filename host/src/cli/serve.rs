@@ -29,7 +29,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> ExitCode {
-    init_tracing();
+    crate::telemetry::init();
     let path = args
         .config
         .clone()
@@ -72,7 +72,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(config, path)) {
+    let served = rt.block_on(serve(config, path));
+    crate::telemetry::shutdown();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("busbar: {e:#}");
@@ -89,59 +91,4 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let node = Node::start(config, path).await?;
     tracing::info!(addr = %listener.local_addr()?, "busbar is serving");
     crate::ingest::serve(node, listener).await
-}
-
-fn init_tracing() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = EnvFilter::try_from_env("BUSBAR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_target(false)
-        // The log is diagnostics, so stderr; colour codes only on a terminal.
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let registry = tracing_subscriber::registry().with(filter).with(fmt);
-    #[cfg(feature = "otlp")]
-    let registry = registry.with(otlp::layer());
-    registry.init();
-}
-
-/// OTLP export of the same spans (`cargo build --features otlp`), switched on by
-/// the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (e.g. `http://127.0.0.1:4318`).
-#[cfg(feature = "otlp")]
-mod otlp {
-    use opentelemetry::trace::TracerProvider as _;
-    use tracing_subscriber::registry::LookupSpan;
-
-    pub fn layer<S>()
-    -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
-    where
-        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
-    {
-        std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT")?;
-        let exporter = match opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-        {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("busbar: OTLP export is off: {e}");
-                return None;
-            }
-        };
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(
-                opentelemetry_sdk::Resource::builder()
-                    .with_service_name("busbar")
-                    .build(),
-            )
-            .build();
-        let tracer = provider.tracer("busbar");
-        // The global slot keeps the provider (and its export thread) alive.
-        opentelemetry::global::set_tracer_provider(provider);
-        Some(tracing_opentelemetry::layer().with_tracer(tracer))
-    }
 }

@@ -279,10 +279,13 @@ impl Dispatcher {
                 r = level.changed() => { if r.is_err() { return } continue }
             };
             let Some(delivery) = delivery else { return };
-            // One span per delivery, keyed by the event id, so a trace follows an
-            // event from ingest through every target it reached.
-            let span = tracing::info_span!("delivery", event = %delivery.event.id,
-                rule = %delivery.rule, target = %delivery.target, attempt = delivery.attempts + 1);
+            let span = crate::telemetry::delivery_span(
+                &delivery.event,
+                &delivery.rule,
+                &delivery.target,
+                &delivery.plugin,
+                delivery.attempts + 1,
+            );
             self.deliver(delivery, &stats).instrument(span).await;
         }
     }
@@ -459,6 +462,7 @@ impl Dispatcher {
             match input.into_event(&self.config.event_limits) {
                 Ok(mut e) => {
                     e.hops = hops;
+                    crate::telemetry::stamp_current(&mut e);
                     e.extensions.insert(
                         crate::control::PRODUCER_EXTENSION.into(),
                         serde_json::Value::String(d.plugin.clone()),
@@ -534,6 +538,7 @@ impl Dispatcher {
             d.last_error = Some(error.clone());
         }
         metrics::counter!("busbar_deliveries_total", "outcome" => outcome).increment(1);
+        tracing::Span::current().record("outcome", outcome);
         if outcome == "retry" && error.is_some() {
             metrics::counter!("busbar_retries_total").increment(1);
         }

@@ -226,11 +226,21 @@ pub async fn publish_entries(
         }
     }
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    // One span per event, open until its commit: the root of the event's trace.
+    let spans: Vec<tracing::Span> = events
+        .iter_mut()
+        .map(|e| {
+            crate::telemetry::publish_span(e, surface.label(), |e| {
+                node.rules.matching_rules(e).join(",")
+            })
+        })
+        .collect();
     let results = if events.is_empty() {
         Vec::new()
     } else {
         node.publish(events).await
     };
+    drop(spans);
     for ((slot, id), result) in slots.into_iter().zip(ids).zip(results) {
         outcomes[slot] = Some(match result {
             Ok(()) => EntryOutcome::Accepted { id },

@@ -77,12 +77,18 @@ impl NodeDir {
 
     /// Starts `busbar serve` on this directory and waits until it answers.
     pub fn start(&self) -> Server {
+        self.start_with_env(&[])
+    }
+
+    /// Like [`NodeDir::start`], with extra environment variables for the server.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Server {
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_busbar"))
             .arg("serve")
             .arg("--config")
             .arg(self.dir.path().join("busbar.toml"))
             .env("BUSBAR_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
