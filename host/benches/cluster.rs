@@ -31,7 +31,7 @@ const QUEUE: &str = "default/bench/t";
 
 struct One;
 impl Router for One {
-    fn route(&self, _: &Event) -> Vec<Route> {
+    fn route(&self, _: &Event, _: &[u8]) -> Vec<Route> {
         vec![Route {
             rule: "bench".into(),
             target: "t".into(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 /// Routes events whose source is "to-X" to target X of rule "r" (plugin X).
 struct BySource;
 impl Router for BySource {
-    fn route(&self, e: &Event) -> Vec<Route> {
+    fn route(&self, e: &Event, _json: &[u8]) -> Vec<Route> {
         match e.source.strip_prefix("to-") {
             Some(t) => t
                 .split('+')

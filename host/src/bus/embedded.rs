@@ -58,15 +58,70 @@ type PublishReply = oneshot::Sender<Result<Vec<Result<(), PublishError>>, BusErr
 
 enum Op {
     Publish {
-        events: Vec<Event>,
-        options: PublishOptions,
+        events: Vec<Result<Prepared, PublishError>>,
         reply: PublishReply,
     },
     Settle {
         delivery: Box<Delivery>,
+        /// With an `Ack`, its `new_events` are moved, prepared, into `outputs`.
         outcome: Settle,
+        outputs: Vec<Prepared>,
         reply: oneshot::Sender<Result<(), BusError>>,
     },
+}
+
+/// An event made ready for its commit by the caller, off the committer thread:
+/// serialized once, routed on those bytes, its delivery records written. The
+/// committer is the one serial step of the store, so it only checks bounds and
+/// inserts bytes.
+struct Prepared {
+    /// The event as archived (when `archive`).
+    json: Vec<u8>,
+    archive: bool,
+    /// Each delivery with its stored record.
+    deliveries: Vec<(Delivery, Vec<u8>)>,
+}
+
+impl Inner {
+    fn prepare(
+        &self,
+        event: &Event,
+        only_rules: Option<&[String]>,
+        archive: bool,
+    ) -> Result<Prepared, PublishError> {
+        let json = serde_json::to_vec(event)
+            .map_err(|e| PublishError::Store(format!("event {}: {e}", event.id)))?;
+        let mut routes = self.router.route(event, &json);
+        if let Some(only) = only_rules {
+            routes.retain(|r| only.iter().any(|n| n == &r.rule));
+        }
+        let now = now_ms();
+        let mut deliveries = Vec::with_capacity(routes.len());
+        for route in routes {
+            let d = Delivery {
+                id: uuid::Uuid::new_v4().to_string(),
+                // Taken before the commit: a commit persists the counter as it stands,
+                // which covers every number handed out so far.
+                seq: self.next_seq(),
+                queue: route.queue_key(&event.bus),
+                rule: route.rule,
+                target: route.target,
+                plugin: route.plugin,
+                event: event.clone(),
+                attempts: 0,
+                created_ms: now,
+                due_ms: now,
+                last_error: None,
+            };
+            let record = d.record(&json);
+            deliveries.push((d, record));
+        }
+        Ok(Prepared {
+            json,
+            archive,
+            deliveries,
+        })
+    }
 }
 
 /// One delivery queue's in-memory mirror.
@@ -290,23 +345,23 @@ impl Inner {
                 };
                 for op in batch {
                     match op {
-                        Op::Publish {
-                            events,
-                            options,
-                            reply,
-                        } => {
+                        Op::Publish { events, reply } => {
                             let mut results = Vec::with_capacity(events.len());
                             for e in events {
-                                results.push(w.publish(e, &options, true)?);
+                                results.push(match e {
+                                    Ok(p) => w.publish(p, true)?,
+                                    Err(e) => Err(e),
+                                });
                             }
                             replies.push(Reply::Publish(reply, results));
                         }
                         Op::Settle {
                             delivery,
                             outcome,
+                            outputs,
                             reply,
                         } => {
-                            w.settle(*delivery, outcome)?;
+                            w.settle(*delivery, outcome, outputs)?;
                             replies.push(Reply::Settle(reply));
                         }
                     }
@@ -378,25 +433,20 @@ impl Writer<'_, '_> {
     /// (ingest); handler output is never refused, because its delivery is already done.
     fn publish(
         &mut self,
-        event: Event,
-        options: &PublishOptions,
+        event: Prepared,
         bounded: bool,
     ) -> Result<Result<(), PublishError>, BusError> {
-        let mut routes = self.inner.router.route(&event);
-        if let Some(only) = &options.only_rules {
-            routes.retain(|r| only.iter().any(|n| n == &r.rule));
-        }
-        let keys: Vec<String> = routes.iter().map(|r| r.queue_key(&event.bus)).collect();
         if bounded {
             let total = self.inner.total_backlog.load(Ordering::Relaxed)
                 + self.pending.values().sum::<usize>();
-            if total + keys.len() > self.inner.config.max_total_backlog {
+            if total + event.deliveries.len() > self.inner.config.max_total_backlog {
                 return Ok(Err(PublishError::Throttled(format!(
                     "{total} deliveries are waiting, the limit is {}; retry later",
                     self.inner.config.max_total_backlog
                 ))));
             }
-            for k in &keys {
+            for (d, _) in &event.deliveries {
+                let k = &d.queue;
                 let n = self.inner.backlog(k) + self.pending.get(k).copied().unwrap_or(0);
                 if n >= self.inner.config.max_queue_backlog {
                     return Ok(Err(PublishError::Throttled(format!(
@@ -406,28 +456,20 @@ impl Writer<'_, '_> {
                 }
             }
         }
-        if !options.skip_archive && event.replay_name.is_none() {
-            let bytes = serde_json::to_vec(&event).map_err(|e| BusError::Store(e.to_string()))?;
+        if event.archive {
             let seq = self.inner.next_seq();
             self.events
-                .insert((self.now as u64, seq), bytes.as_slice())?;
+                .insert((self.now as u64, seq), event.json.as_slice())?;
         }
-        for (route, key) in routes.into_iter().zip(keys) {
-            let d = Delivery {
-                id: uuid::Uuid::new_v4().to_string(),
-                seq: self.inner.next_seq(),
-                queue: key.clone(),
-                rule: route.rule,
-                target: route.target,
-                plugin: route.plugin,
-                event: event.clone(),
-                attempts: 0,
-                created_ms: self.now,
-                due_ms: self.now,
-                last_error: None,
-            };
-            self.put_delivery(&d)?;
-            *self.pending.entry(key).or_default() += 1;
+        for (d, record) in event.deliveries {
+            self.queue
+                .insert((d.queue.as_str(), d.seq), record.as_slice())?;
+            match self.pending.get_mut(&d.queue) {
+                Some(n) => *n += 1,
+                None => {
+                    self.pending.insert(d.queue.clone(), 1);
+                }
+            }
             self.after.push(After::Enqueue(Box::new(d)));
         }
         Ok(Ok(()))
@@ -440,17 +482,19 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    fn settle(&mut self, mut d: Delivery, outcome: Settle) -> Result<(), BusError> {
+    fn settle(
+        &mut self,
+        mut d: Delivery,
+        outcome: Settle,
+        outputs: Vec<Prepared>,
+    ) -> Result<(), BusError> {
         self.after.push(After::Release(d.queue.clone()));
         match outcome {
-            Settle::Ack {
-                new_events,
-                stopped,
-            } => {
+            Settle::Ack { stopped, .. } => {
                 self.queue.remove((d.queue.as_str(), d.seq))?;
-                for e in new_events {
+                for e in outputs {
                     // Handler output is not throttled: refusing it now would lose it.
-                    let _ = self.publish(e, &PublishOptions::default(), false)?;
+                    let _ = self.publish(e, false)?;
                 }
                 for (event, reason) in stopped {
                     let mut stop = d.clone();
@@ -531,12 +575,17 @@ impl Bus for EmbeddedBus {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        let only = options.only_rules.as_deref();
+        let events = events
+            .into_iter()
+            .map(|e| {
+                // Replayed events are in the archive already.
+                let archive = !options.skip_archive && e.replay_name.is_none();
+                self.inner.prepare(&e, only, archive)
+            })
+            .collect();
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Publish {
-            events,
-            options,
-            reply,
-        })?;
+        self.send(Op::Publish { events, reply })?;
         rx.await
             .map_err(|_| BusError::Store("the commit failed; nothing was written".into()))?
     }
@@ -576,11 +625,27 @@ impl Bus for EmbeddedBus {
         }
     }
 
-    async fn settle(&self, delivery: Delivery, outcome: Settle) -> Result<(), BusError> {
+    async fn settle(&self, delivery: Delivery, mut outcome: Settle) -> Result<(), BusError> {
+        let mut outputs = Vec::new();
+        if let Settle::Ack {
+            new_events,
+            stopped,
+        } = &mut outcome
+        {
+            for e in std::mem::take(new_events) {
+                match self.inner.prepare(&e, None, e.replay_name.is_none()) {
+                    Ok(p) => outputs.push(p),
+                    Err(err) => {
+                        stopped.push((e, format!("could not store the output: {}", err.message())))
+                    }
+                }
+            }
+        }
         let (reply, rx) = oneshot::channel();
         self.send(Op::Settle {
             delivery: Box::new(delivery),
             outcome,
+            outputs,
             reply,
         })?;
         rx.await
@@ -859,7 +924,7 @@ mod tests {
     /// Routes every event whose source starts with "to-" to one target named after the rest.
     struct BySource;
     impl Router for BySource {
-        fn route(&self, e: &Event) -> Vec<Route> {
+        fn route(&self, e: &Event, _json: &[u8]) -> Vec<Route> {
             match e.source.strip_prefix("to-") {
                 Some(t) => vec![Route {
                     rule: "r".into(),
@@ -887,6 +952,32 @@ mod tests {
             .await
             .expect("a delivery within 5 s")
             .expect("bus open")
+    }
+
+    #[test]
+    fn a_delivery_record_reads_back_as_the_delivery() {
+        let mut e = event("to-a");
+        e.extensions
+            .insert("traceparent".into(), json!("00-x-y-01"));
+        let mut d = Delivery {
+            id: "d-1".into(),
+            seq: 7,
+            queue: "default/r/a".into(),
+            rule: "r".into(),
+            target: "a".into(),
+            plugin: "a \"quoted\"".into(),
+            event: e.clone(),
+            attempts: 2,
+            created_ms: 1,
+            due_ms: 3,
+            last_error: None,
+        };
+        let json = serde_json::to_vec(&e).unwrap();
+        for last_error in [None, Some("boom".to_string())] {
+            d.last_error = last_error;
+            let back: Delivery = serde_json::from_slice(&d.record(&json)).unwrap();
+            assert_eq!(back, d);
+        }
     }
 
     #[tokio::test]

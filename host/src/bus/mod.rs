@@ -37,9 +37,12 @@ impl Route {
 }
 
 /// Decides the routes of an event. The rule set implements it; the bus calls it
-/// inside the commit that stores the event, so routing is durable with the event.
+/// before the commit that stores the event and writes the deliveries in that same
+/// commit, so routing is durable with the event.
 pub trait Router: Send + Sync + 'static {
-    fn route(&self, event: &Event) -> Vec<Route>;
+    /// `json` is the event as serialized for the store (`serde_json::to_vec(event)`):
+    /// the matcher scans those bytes instead of building a JSON tree.
+    fn route(&self, event: &Event, json: &[u8]) -> Vec<Route>;
 }
 
 /// A delivery of one event to one (rule, target), as stored in its queue.
@@ -62,6 +65,50 @@ pub struct Delivery {
     pub due_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// The fields of a stored delivery record besides the event, named as [`Delivery`]
+/// names them, so a record written by [`Delivery::record`] reads back as a `Delivery`.
+#[derive(Serialize)]
+struct DeliveryHead<'a> {
+    id: &'a str,
+    seq: u64,
+    queue: &'a str,
+    rule: &'a str,
+    target: &'a str,
+    plugin: &'a str,
+    attempts: u32,
+    created_ms: i64,
+    due_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<&'a str>,
+}
+
+impl Delivery {
+    /// The stored JSON record of this delivery, given its event already serialized:
+    /// an event routed to several targets is serialized once, not once per target.
+    pub fn record(&self, event_json: &[u8]) -> Vec<u8> {
+        let head = DeliveryHead {
+            id: &self.id,
+            seq: self.seq,
+            queue: &self.queue,
+            rule: &self.rule,
+            target: &self.target,
+            plugin: &self.plugin,
+            attempts: self.attempts,
+            created_ms: self.created_ms,
+            due_ms: self.due_ms,
+            last_error: self.last_error.as_deref(),
+        };
+        let mut out = Vec::with_capacity(event_json.len() + 256);
+        // A struct serializes to `{...}` and cannot fail (strings and numbers only).
+        serde_json::to_writer(&mut out, &head).expect("delivery head serializes");
+        out.pop();
+        out.extend_from_slice(b",\"event\":");
+        out.extend_from_slice(event_json);
+        out.push(b'}');
+        out
+    }
 }
 
 /// How a delivery ended this time.

@@ -262,7 +262,14 @@ impl Inner {
         let mut out = Vec::new();
         let mut added: std::collections::HashMap<String, usize> = Default::default();
         for (i, (event, base)) in events.iter().zip(ids).enumerate() {
-            let mut routes = self.router.route(event);
+            let payload = match serde_json::to_vec(event) {
+                Ok(p) => Bytes::from(p),
+                Err(e) => {
+                    results[i] = Err(PublishError::Store(format!("event {}: {e}", event.id)));
+                    continue;
+                }
+            };
+            let mut routes = self.router.route(event, &payload);
             if let Some(only) = &options.only_rules {
                 routes.retain(|r| only.iter().any(|n| n == &r.rule));
             }
@@ -281,13 +288,6 @@ impl Inner {
                 results[i] = Err(PublishError::Throttled(msg));
                 continue;
             }
-            let payload = match serde_json::to_vec(event) {
-                Ok(p) => Bytes::from(p),
-                Err(e) => {
-                    results[i] = Err(PublishError::Store(format!("event {}: {e}", event.id)));
-                    continue;
-                }
-            };
             if !options.skip_archive && event.replay_name.is_none() {
                 out.push(Outgoing {
                     event: i,
