@@ -40,6 +40,17 @@ pub struct Node {
     pub replays: Arc<crate::dispatch::replay::Replays>,
     pub event_limits: EventLimits,
     pub tail: broadcast::Sender<TailItem>,
+    /// Set once the plugins found at start are loaded (or failed to load).
+    pub plugins_loaded: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How [`Node::start_with`] starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Return before the plugins found at start are loaded. Compiling a large
+    /// component takes seconds on a fresh cache; meanwhile the node accepts events
+    /// and their deliveries wait in their queues, and `/readyz` answers 503.
+    pub load_plugins_in_background: bool,
 }
 
 /// A rule-changing call failed: either the request was wrong or the store was.
@@ -53,8 +64,16 @@ pub enum ChangeError {
 
 impl Node {
     /// Opens the store, loads rules (stored, then the config file's), starts the
-    /// plugin runtime and the dispatcher.
+    /// plugin runtime and the dispatcher; returns once the plugins are loaded.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<Node>> {
+        Self::start_with(config, config_path, StartOptions::default()).await
+    }
+
+    pub async fn start_with(
+        config: Config,
+        config_path: Option<PathBuf>,
+        options: StartOptions,
+    ) -> anyhow::Result<Arc<Node>> {
         let limits = Limits {
             max_pattern_chars: config.limits.max_pattern_chars,
         };
@@ -97,7 +116,32 @@ impl Node {
             },
             bus.kv(),
         )?;
-        runtime.start().await.context("loading plugins")?;
+        runtime.watch().context("watching the plugins directory")?;
+        let plugins_loaded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let initial_load = {
+            let runtime = runtime.clone();
+            let loaded = plugins_loaded.clone();
+            async move {
+                let started = std::time::Instant::now();
+                if let Err(e) = runtime.rescan().await {
+                    tracing::error!(error = %format!("{e:#}"), "cannot read the plugins directory");
+                }
+                loaded.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(
+                    plugins = runtime.loaded_count(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "plugins loaded"
+                );
+            }
+        };
+        if options.load_plugins_in_background {
+            tracing::info!(
+                "loading plugins in the background; deliveries wait until their plugin is loaded"
+            );
+            tokio::spawn(initial_load);
+        } else {
+            initial_load.await;
+        }
         let event_limits = EventLimits {
             max_entry_bytes: config.limits.max_entry_bytes,
             max_depth: config.limits.max_depth,
@@ -124,6 +168,7 @@ impl Node {
             replays: Default::default(),
             event_limits,
             tail: broadcast::channel(4096).0,
+            plugins_loaded,
         });
         node.spawn_tail_forwarder();
         node.spawn_retention();

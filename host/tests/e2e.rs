@@ -431,3 +431,53 @@ fn rules_in_the_config_file_reload_when_it_changes() {
         "the log says why: {log}"
     );
 }
+
+/// On a fresh compiled-plugin cache the plugins compile after the node starts
+/// serving: it answers `/healthz` and accepts events at once, `/readyz` says why
+/// it is not ready until the load ends, and the early event is delivered then.
+#[test]
+fn a_fresh_start_accepts_events_while_its_plugins_compile() {
+    let node = NodeDir::new(
+        r#"
+[metrics]
+interval_secs = 0
+[[rules]]
+name = "early"
+pattern = '{"source": ["early"]}'
+[[rules.targets]]
+id = "t"
+plugin = "testkit"
+"#,
+    );
+    node.own_cache();
+    node.add_plugin(&built("plugins/fixtures/testkit.wasm"), "testkit", None);
+    let server = node.spawn(&[]);
+    let base = &server.base;
+    eventually(60, "/healthz", || {
+        client()
+            .get(format!("{base}/healthz"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+    });
+    let ready = client().get(format!("{base}/readyz")).send().unwrap();
+    if !ready.status().is_success() {
+        assert_eq!(ready.status(), 503);
+        let text = ready.text().unwrap();
+        assert!(text.contains("loading the plugins"), "{text}");
+    }
+    post(
+        base,
+        json!({"source": "early", "detail-type": "echo", "detail": {"n": 1}}),
+    );
+    server.wait_ready();
+    let echoed = eventually(30, "the early event's echo", || {
+        archive(base, json!({"source": ["testkit"]}))
+            .into_iter()
+            .next()
+    });
+    assert_eq!(echoed["detail"]["n"], 1, "{echoed}");
+    let log = server.log_text();
+    assert!(log.contains("loading plugins in the background"), "{log}");
+    assert!(log.contains("plugins loaded"), "{log}");
+}

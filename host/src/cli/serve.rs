@@ -88,7 +88,10 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    let node = Node::start(config, path).await?;
+    let options = crate::node::StartOptions {
+        load_plugins_in_background: true,
+    };
+    let node = Node::start_with(config, path, options).await?;
     tracing::info!(addr = %listener.local_addr()?, "busbar is serving");
     crate::ingest::serve(node, listener).await
 }

@@ -152,16 +152,22 @@ impl Runtime {
         }))
     }
 
-    /// Loads every plugin in the directory (compiling on blocking threads),
-    /// then starts the watcher if `config.watch`.
+    /// Starts the watcher if `config.watch`, then loads every plugin in the
+    /// directory (compiling on blocking threads).
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
-        // Watch first, so a file written while the initial scan runs is not missed
-        // (an event for a file the scan already loaded is a no-op).
+        self.watch()?;
+        self.rescan().await
+    }
+
+    /// Starts the watcher if `config.watch`. Call it before the first
+    /// [`Runtime::rescan`], so a file written while that scan runs is not missed
+    /// (an event for a file the scan already loaded is a no-op).
+    pub fn watch(self: &Arc<Self>) -> anyhow::Result<()> {
         if self.config.watch {
             let watcher = watch::start(self)?;
             *self.watcher.lock() = Some(watcher);
         }
-        self.rescan().await
+        Ok(())
     }
 
     /// Re-reads the plugins directory now and reconciles every plugin with it.
@@ -247,6 +253,14 @@ impl Runtime {
         self.plugins
             .get(plugin)
             .is_some_and(|e| e.current.load().is_some())
+    }
+
+    /// How many plugins have a version serving now.
+    pub fn loaded_count(&self) -> usize {
+        self.plugins
+            .iter()
+            .filter(|e| e.current.load().is_some())
+            .count()
     }
 
     /// Loaded / Unloaded / Failed notifications, from now on.

@@ -80,8 +80,26 @@ impl NodeDir {
         self.start_with_env(&[])
     }
 
+    /// Gives this node a compiled-plugin cache of its own, empty: its plugins
+    /// compile at start as on a fresh machine.
+    pub fn own_cache(&self) {
+        let path = self.dir.path().join("busbar.toml");
+        let config = std::fs::read_to_string(&path).unwrap().replace(
+            &shared_cache().display().to_string(),
+            &self.dir.path().join("cache").display().to_string(),
+        );
+        std::fs::write(path, config).unwrap();
+    }
+
     /// Like [`NodeDir::start`], with extra environment variables for the server.
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> Server {
+        let server = self.spawn(env);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts `busbar serve` without waiting for anything.
+    pub fn spawn(&self, env: &[(&str, &str)]) -> Server {
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_busbar"))
             .arg("serve")
@@ -93,13 +111,11 @@ impl NodeDir {
             .stderr(log)
             .spawn()
             .expect("start busbar serve");
-        let server = Server {
+        Server {
             child,
             base: self.base(),
             log: self.dir.path().join("server.log"),
-        };
-        server.wait_ready();
-        server
+        }
     }
 }
 
@@ -110,7 +126,8 @@ pub struct Server {
 }
 
 impl Server {
-    fn wait_ready(&self) {
+    /// Waits until `/readyz` answers 200: the store is open and the plugins are loaded.
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         let client = reqwest::blocking::Client::new();
         while Instant::now() < deadline {
