@@ -573,11 +573,12 @@ fn dlq_commands_on_an_empty_queue() {
 }
 
 /// Slow by design: the dead letter appears once the delivery is older than the
-/// target's 60 s maximum event age.
+/// target's 60 s maximum event age. Then the plugin arrives: the redriven delivery
+/// reaches it, and a delivery it rejects is dead-lettered at once.
 #[test]
 fn dead_letters_list_show_redrive_and_purge() {
     let node = Node::start();
-    let event_id = node.put_one("shop", "OrderPlaced");
+    let event_id = node.put_one("shop", "echo");
     let letter = eventually("a dead letter", Duration::from_secs(150), || {
         let list = node.json(&["dlq", "list", "--json"]);
         list["dead_letters"]
@@ -594,7 +595,7 @@ fn dead_letters_list_show_redrive_and_purge() {
         row.contains("orders/sink") && row.contains("absent-plugin"),
         "{row}"
     );
-    assert!(row.contains("shop OrderPlaced"), "{row}");
+    assert!(row.contains("shop echo"), "{row}");
 
     let shown = node.ok(&["dlq", "show", &id]);
     assert!(
@@ -603,21 +604,49 @@ fn dead_letters_list_show_redrive_and_purge() {
     );
     assert!(shown.contains(&event_id), "{shown}");
 
+    // The missing plugin arrives (testkit, under the name the rule expects).
+    let testkit =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/fixtures/testkit.wasm");
+    std::fs::copy(&testkit, node.dir.path().join("plugins/absent-plugin.wasm"))
+        .expect("plugins/build.sh builds the testkit fixture");
+    eventually("the plugin to load", Duration::from_secs(60), || {
+        node.ok(&["plugins"])
+            .contains("absent-plugin")
+            .then_some(())
+    });
     assert_eq!(node.ok(&["dlq", "redrive", &id]), "redrove 1 dead letter\n");
     node.fails(&["dlq", "show", &id]);
-    // Back in its queue, the delivery is tried again and, its plugin still
-    // absent, dead-lettered again.
-    let again = eventually(
-        "the redriven delivery to fail again",
-        Duration::from_secs(150),
-        || {
-            let list = node.json(&["dlq", "list", "--json"]);
-            list["dead_letters"]
-                .as_array()
-                .and_then(|l| l.first().cloned())
-        },
+    // Back in its queue, the delivery reaches testkit, which echoes it.
+    eventually("the redriven event's echo", Duration::from_secs(60), || {
+        let archived: Value = reqwest::blocking::Client::new()
+            .get(format!("{}/v1/archive", node.url()))
+            .query(&[("pattern", r#"{"source": ["testkit"]}"#)])
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        archived["events"]
+            .as_array()
+            .filter(|l| !l.is_empty())
+            .map(|_| ())
+    });
+
+    // A delivery the plugin rejects is dead-lettered at once, and purged.
+    let rejected = node.put_one("shop", "fail-reject");
+    let again = eventually("the rejected delivery", Duration::from_secs(60), || {
+        let list = node.json(&["dlq", "list", "--json"]);
+        list["dead_letters"]
+            .as_array()
+            .and_then(|l| l.first().cloned())
+    });
+    assert_eq!(again["event"]["id"], rejected.as_str());
+    assert!(
+        again["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("asked to reject"),
+        "{again}"
     );
-    assert_eq!(again["event"]["id"], event_id.as_str());
     let again_id = again["id"].to_string();
     assert_eq!(
         node.ok(&["dlq", "purge", &again_id]),
