@@ -210,6 +210,25 @@ async fn a_silent_node_s_delivery_goes_to_another_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_no_worker_claims_goes_to_another_node() {
+    let nats = NatsServer::start();
+    let (a, b) = (node(&nats.url()).await, node(&nats.url()).await);
+    // A worker of node a asks for work and gives up (its take is cancelled, as a
+    // concurrency change cancels it); the fetch it started stays open on the server.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), a.take("default/r/u")).await;
+    assert!(gave_up.is_err(), "nothing to take yet");
+    a.publish(vec![event("to-u")], PublishOptions::default())
+        .await
+        .unwrap();
+    // The open fetch receives the delivery; no worker of a will take it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Node b's worker gets it within `take`'s 10 s, before ack_wait (30 s) would free it.
+    let d = take(&b, "default/r/u").await;
+    assert_eq!(d.event.source, "to-u");
+    b.settle(d, ack()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_shared_and_redriven_by_any_node() {
     let nats = NatsServer::start();
     let (a, b) = (node(&nats.url()).await, node(&nats.url()).await);

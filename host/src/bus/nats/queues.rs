@@ -19,6 +19,13 @@ use tokio::sync::mpsc;
 /// oldest are forgotten (they only enrich dead-letter reasons).
 const MAX_REMEMBERED_ERRORS: usize = 100_000;
 
+/// A pulled delivery no worker of this node has taken for this long, while none
+/// waits, goes back to the server for another node's workers. A fetch outlives
+/// the worker that asked for it (a `take` cancelled by a concurrency change, a
+/// worker that found other work), so without this a delivery could sit on a busy
+/// node until `ack_wait` while other nodes idle.
+const UNCLAIMED_AFTER: Duration = Duration::from_millis(500);
+
 struct Feed {
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(std::time::Instant, Message)>>,
     /// Workers of this node waiting in `take` for this queue.
@@ -27,11 +34,15 @@ struct Feed {
     buffered: Arc<AtomicUsize>,
     wake: tokio::sync::Notify,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    sweep: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        if let Some(t) = self.task.lock().take() {
+        for t in [self.task.lock().take(), self.sweep.lock().take()]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
         }
     }
@@ -187,14 +198,17 @@ impl Inner {
                     buffered: Default::default(),
                     wake: tokio::sync::Notify::new(),
                     task: Mutex::new(None),
+                    sweep: Mutex::new(None),
                 });
                 let task = tokio::spawn(pull_loop(
                     Arc::downgrade(self),
                     Arc::downgrade(&feed),
                     key.to_string(),
-                    tx,
+                    tx.clone(),
                 ));
+                let sweep = tokio::spawn(return_unclaimed(Arc::downgrade(&feed), tx));
                 *feed.task.lock() = Some(task);
+                *feed.sweep.lock() = Some(sweep);
                 feed
             })
             .clone()
@@ -318,6 +332,44 @@ async fn pull_loop(
                 drop((me, f));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Naks what this node pulled for a queue but no worker took within
+/// [`UNCLAIMED_AFTER`], so the server hands it to a node that has a free worker.
+/// Newer unclaimed messages go back into the channel, behind any that arrived
+/// meanwhile (delivery order across a queue is not promised).
+async fn return_unclaimed(
+    feed: Weak<Feed>,
+    tx: mpsc::UnboundedSender<(std::time::Instant, Message)>,
+) {
+    let mut tick = tokio::time::interval(UNCLAIMED_AFTER / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(f) = feed.upgrade() else { return };
+        if f.waiting.load(Ordering::SeqCst) > 0 || f.buffered.load(Ordering::SeqCst) == 0 {
+            continue;
+        }
+        // A worker waiting in `take` holds the lock: then it takes the messages itself.
+        let Ok(mut rx) = f.rx.try_lock() else {
+            continue;
+        };
+        let mut keep = Vec::new();
+        while let Ok((arrived, m)) = rx.try_recv() {
+            if arrived.elapsed() >= UNCLAIMED_AFTER {
+                f.buffered.fetch_sub(1, Ordering::SeqCst);
+                tokio::spawn(async move { m.ack_with(AckKind::Nak(None)).await });
+            } else {
+                keep.push((arrived, m));
+            }
+        }
+        drop(rx);
+        for m in keep {
+            if tx.send(m).is_err() {
+                return;
             }
         }
     }
