@@ -2,7 +2,7 @@
 //! delivery, listed, redriven and purged from any node. A dead letter's id is
 //! its stream sequence, so ids are unique cluster-wide and increase.
 
-use super::archive::{Scanned, scan};
+use super::scan::{Scanned, scan};
 use super::*;
 use async_nats::jetstream::consumer;
 use std::ops::ControlFlow;
@@ -69,13 +69,13 @@ pub(super) async fn list(
         return Ok(out);
     }
     scan(
-        inner,
         &inner.dlq,
         format!("{}.>", names::DLQ_PREFIX),
         consumer::DeliverPolicy::ByStartSequence {
             start_sequence: after.saturating_add(1),
         },
         false,
+        inner.config.request_timeout,
         |m: Scanned| {
             match letter(m.seq, &m.payload) {
                 Ok(dl) => out.push(dl),

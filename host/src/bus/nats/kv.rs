@@ -16,7 +16,6 @@ use super::{BusError, store_err};
 use crate::runtime::{KvBackend, KvError};
 use async_nats::jetstream::{self, consumer, kv};
 use bytes::Bytes;
-use futures::StreamExt;
 use std::time::Duration;
 
 /// Attempts of a revision-checked update before giving up under contention.
@@ -208,39 +207,14 @@ impl NatsKv {
     ) -> Result<Vec<String>, KvError> {
         let what = format!("listing keys of {ns}");
         let ns_prefix = format!("$KV.{}.{}.", self.store.name, names::kv_token(ns));
-        let stream = &self.store.stream;
-        let consumer = stream
-            .create_consumer(consumer::pull::Config {
-                filter_subject: format!("{ns_prefix}>"),
-                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                ack_policy: consumer::AckPolicy::None,
-                headers_only: true,
-                inactive_threshold: Duration::from_secs(30),
-                memory_storage: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| err(&what, e))?;
-        let name = consumer.cached_info().name.clone();
         let mut keys = Vec::new();
-        let result = async {
-            if consumer.cached_info().num_pending == 0 {
-                return Ok(());
-            }
-            let mut messages = consumer
-                .stream()
-                .max_messages_per_batch(512)
-                .messages()
-                .await
-                .map_err(|e| err(&what, e))?;
-            loop {
-                let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
-                    .await
-                    .map_err(|_| err(&what, "timed out"))?;
-                let Some(m) = next else { return Ok(()) };
-                let m = m.map_err(|e| err(&what, e))?;
-                let info = m.info().map_err(|e| err(&what, e))?;
-                let last = info.pending == 0;
+        super::scan::scan(
+            &self.store.stream,
+            format!("{ns_prefix}>"),
+            consumer::DeliverPolicy::LastPerSubject,
+            true,
+            Duration::from_secs(5),
+            |m| {
                 let deleted = m
                     .headers
                     .as_ref()
@@ -255,17 +229,11 @@ impl NatsKv {
                 {
                     keys.push(k);
                 }
-                if last {
-                    return Ok(());
-                }
-            }
-        }
-        .await;
-        let stream = stream.clone();
-        tokio::spawn(async move {
-            let _ = stream.delete_consumer(&name).await;
-        });
-        result?;
+                std::ops::ControlFlow::Continue(())
+            },
+        )
+        .await
+        .map_err(|e| err(&what, e))?;
         keys.sort();
         keys.truncate(limit as usize);
         Ok(keys)

@@ -25,6 +25,7 @@ mod kv;
 mod names;
 mod queues;
 mod rules;
+mod scan;
 
 pub use kv::NatsKv;
 
