@@ -288,7 +288,6 @@ fn awscli_rules_targets_and_events() {
     assert_eq!(buses["EventBuses"].as_array().unwrap().len(), 2);
 }
 
-/// Needs the real pattern engine (the placeholder never matches).
 #[test]
 fn awscli_test_event_pattern_matches() {
     let s = TestServer::start();

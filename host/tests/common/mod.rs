@@ -151,7 +151,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn from(r: reqwest::Result<reqwest::blocking::Response>) -> Reply {
+    pub fn from(r: reqwest::Result<reqwest::blocking::Response>) -> Reply {
         let r = r.expect("request to the test server");
         let status = r.status().as_u16();
         let headers = r.headers().clone();
