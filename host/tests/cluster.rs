@@ -771,3 +771,71 @@ fn a_rule_put_on_one_node_routes_on_another() {
     let counted = wait_counted(&rt, &nats.url(), &keys.into_iter().collect(), &[&a, &b]);
     assert_eq!(counted["dyn1"], 1);
 }
+
+/// The whole process against a nats-server that restarts: two `busbar serve`
+/// nodes keep serving HTTP while the server is down (publishes are refused with
+/// an error naming NATS, never acknowledged), and once it is back every event
+/// acknowledged before and after the outage is counted, without restarting busbar.
+#[test]
+fn serving_nodes_ride_out_a_nats_server_restart() {
+    let mut nats = NatsServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (da, db) = (cluster_node(&nats.url()), cluster_node(&nats.url()));
+    let (a, b) = (da.start(), db.start());
+    let client = http();
+    let before: Vec<String> = (0..20).map(|k| format!("before{k}")).collect();
+    assert_eq!(post(&client, &a.base, "cluster-test", &before), before);
+    let mut acked: BTreeSet<String> = before.into_iter().collect();
+    wait_counted(&rt, &nats.url(), &acked, &[&a, &b]);
+
+    nats.stop();
+    let refused = client
+        .post(format!("{}/events", b.base))
+        .json(&json!({"source": "cluster-test", "detail-type": "kv", "detail": {"key": "down"}}))
+        .send()
+        .expect("busbar still answers HTTP while NATS is down");
+    let body: serde_json::Value = refused.json().unwrap();
+    assert_eq!(body["failed"], 1, "{body}");
+    let message = body["entries"][0]["error_message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("NATS"), "{body}");
+
+    nats.restart();
+    // Both nodes reconnect on their own; publish on each until it is accepted.
+    for (server, prefix) in [(&a, "after-a"), (&b, "after-b")] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut n = 0;
+        loop {
+            let key = format!("{prefix}{n}");
+            n += 1;
+            if !post(
+                &client,
+                &server.base,
+                "cluster-test",
+                std::slice::from_ref(&key),
+            )
+            .is_empty()
+            {
+                acked.insert(key);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} accepted nothing within 30 s of the restart:\n{}",
+                server.base,
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let more: Vec<String> = (0..20).map(|k| format!("later{k}")).collect();
+    acked.extend(post(&client, &a.base, "cluster-test", &more));
+    wait_counted(&rt, &nats.url(), &acked, &[&a, &b]);
+    let down = counters(&rt, &nats.url(), &BTreeSet::from(["down".to_string()]));
+    assert!(down.is_empty(), "a refused event was delivered: {down:?}");
+}

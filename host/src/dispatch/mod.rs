@@ -557,8 +557,8 @@ impl Dispatcher {
             latency_ms,
             emitted,
         };
-        tracing::debug!(event = %report.event_id, rule = %report.rule, target = %report.target,
-            outcome, attempt = report.attempt, "delivery settled");
+        // The delivery span names the event, rule, target and attempt.
+        tracing::debug!("delivery settled");
         // The worker goes on to its next delivery while this one commits: waiting
         // for every commit would cap a target at concurrency / commit latency.
         // Nothing is lost by not waiting: until the commit lands the delivery is
