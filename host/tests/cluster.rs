@@ -583,6 +583,15 @@ fn cluster_node(url: &str) -> NodeDir {
     node
 }
 
+/// For the bus-level reads the process tests make (the shared kv counters).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -681,11 +690,7 @@ fn wait_counted(
 #[test]
 fn three_nodes_share_the_work_and_survive_a_kill_9() {
     let nats = NatsServer::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let dirs: Vec<NodeDir> = (0..3).map(|_| cluster_node(&nats.url())).collect();
     let mut servers: Vec<Option<Server>> = dirs.iter().map(|d| Some(d.start())).collect();
     let client = http();
@@ -730,11 +735,7 @@ fn three_nodes_share_the_work_and_survive_a_kill_9() {
 #[test]
 fn a_rule_put_on_one_node_routes_on_another() {
     let nats = NatsServer::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let (da, db) = (cluster_node(&nats.url()), cluster_node(&nats.url()));
     let (a, b) = (da.start(), db.start());
     let client = http();
@@ -779,11 +780,7 @@ fn a_rule_put_on_one_node_routes_on_another() {
 #[test]
 fn serving_nodes_ride_out_a_nats_server_restart() {
     let mut nats = NatsServer::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let (da, db) = (cluster_node(&nats.url()), cluster_node(&nats.url()));
     let (a, b) = (da.start(), db.start());
     let client = http();
