@@ -1384,3 +1384,58 @@ fn throttled_entries_get_429() {
     // An event no rule routes is still accepted.
     assert_eq!(s.post_json("/events", &event("other", 3)).status, 200);
 }
+
+/// Removing a target leaves nothing waiting in a queue no worker serves: its
+/// queued deliveries are dead-lettered with the reason, and the queue goes.
+#[test]
+fn deliveries_of_a_removed_target_are_dead_lettered() {
+    let s = TestServer::start();
+    let c = s.client();
+    let put = |targets: Value| {
+        let r = c
+            .put(format!("{}/v1/rules/default/orders", s.url))
+            .json(&json!({"pattern": {"source": ["shop"]}, "targets": targets}))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().unwrap());
+    };
+    // The plugin is absent, so the deliveries wait in the queue.
+    put(json!([{"id": "t1", "plugin": "absent"}]));
+    let ids: Vec<String> = (0..3).map(|_| publish_one(&s, "shop")).collect();
+    let backlog = || {
+        s.node
+            .bus
+            .queue_stats()
+            .into_iter()
+            .find(|q| q.queue == "default/orders/t1")
+            .map(|q| q.backlog)
+    };
+    assert_eq!(backlog(), Some(3));
+
+    put(json!([]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let letters = loop {
+        let list = s.get("/v1/dlq").json()["dead_letters"].clone();
+        if list.as_array().is_some_and(|l| l.len() == 3) {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "dead letters: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for l in letters.as_array().unwrap() {
+        assert!(ids.iter().any(|id| l["event"]["id"] == id.as_str()), "{l}");
+        let reason = l["last_error"].as_str().unwrap();
+        assert!(
+            reason.contains("orders") && reason.contains("no longer exists"),
+            "{reason}"
+        );
+    }
+    // Once quiet, the queue itself is forgotten.
+    while backlog().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue was not forgotten"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

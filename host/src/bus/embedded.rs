@@ -673,6 +673,14 @@ impl Bus for EmbeddedBus {
         out
     }
 
+    async fn forget_queue(&self, queue: &str) {
+        // Only an empty queue nobody waits on: a `take` holds the queue it waits for.
+        self.inner.queues.remove_if(queue, |_, q| {
+            let st = q.state.lock();
+            st.ready.is_empty() && st.in_flight == 0 && Arc::strong_count(q) == 1
+        });
+    }
+
     async fn put_rule(&self, rule: &Rule) -> Result<(), BusError> {
         let key = format!("{}/{}", rule.bus, rule.name);
         let bytes = to_json(rule)?;

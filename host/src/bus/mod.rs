@@ -259,6 +259,10 @@ pub trait Bus: Send + Sync + 'static {
 
     fn queue_stats(&self) -> Vec<QueueStats>;
 
+    /// Drops what the backend keeps for a queue no rule feeds any more and that
+    /// has been drained (in-memory state; on JetStream, the durable consumer).
+    async fn forget_queue(&self, _queue: &str) {}
+
     async fn put_rule(&self, rule: &Rule) -> Result<(), BusError>;
     async fn delete_rule(&self, bus: &str, name: &str) -> Result<bool, BusError>;
     async fn rules(&self) -> Result<Vec<Rule>, BusError>;

@@ -7,6 +7,7 @@
 //! at once) starts at the plugin manifest's `scaling.concurrency` and can be
 //! changed at run time, within the manifest's bounds, by the control loop.
 
+mod orphans;
 pub mod replay;
 pub mod retry;
 pub mod stats;
@@ -84,6 +85,8 @@ pub struct Dispatcher {
     pub control: Arc<crate::control::Control>,
     /// Bounds the settles committing in the background (see `finish`).
     settling: Arc<tokio::sync::Semaphore>,
+    /// Queues of removed rules or targets being emptied (see `orphans`).
+    draining: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Settles that may be committing at once, over all targets.
@@ -115,6 +118,7 @@ impl Dispatcher {
             outcomes: broadcast::channel(4096).0,
             control: Default::default(),
             settling: Arc::new(tokio::sync::Semaphore::new(MAX_SETTLING)),
+            draining: Default::default(),
         })
     }
 
@@ -145,18 +149,15 @@ impl Dispatcher {
     pub fn reconcile(self: &Arc<Self>) {
         let snapshot = self.rules.snapshot();
         let mut pools = self.pools.lock();
+        // Dropping a pool closes its concurrency channel: each worker finishes the
+        // delivery in hand, settles it and stops (none is cut off mid-call).
         pools.retain(|queue, pool| {
-            let keep = snapshot
+            snapshot
                 .targets
                 .get(queue)
-                .is_some_and(|(_, t)| t.plugin == pool.plugin);
-            if !keep {
-                for w in &pool.workers {
-                    w.abort();
-                }
-            }
-            keep
+                .is_some_and(|(_, t)| t.plugin == pool.plugin)
         });
+        self.drain_orphans(&snapshot.targets);
         for (queue, (_, target)) in &snapshot.targets {
             let (default, min, max) = self.bounds_for(&target.plugin);
             match pools.get_mut(queue) {

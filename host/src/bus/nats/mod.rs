@@ -408,6 +408,10 @@ impl Bus for NatsBus {
         self.inner.queues.stats()
     }
 
+    async fn forget_queue(&self, queue: &str) {
+        queues::forget(&self.inner, queue).await
+    }
+
     async fn put_rule(&self, rule: &Rule) -> Result<(), BusError> {
         rules::put_rule(&self.inner.rules_kv, rule).await
     }

@@ -390,6 +390,24 @@ impl Queues {
     }
 }
 
+/// Stops pulling for a queue no rule feeds and deletes its durable consumer, so
+/// removed rules leave nothing behind on the server. Messages still in the
+/// stream (another node's, published meanwhile) make a node that sees the
+/// queue again create the consumer afresh.
+pub(super) async fn forget(inner: &Inner, key: &str) {
+    inner.queues.feeds.remove(key);
+    inner.queues.known.remove(key);
+    inner.queues.stats.lock().remove(key);
+    match inner
+        .deliveries
+        .delete_consumer(&names::durable_name(key))
+        .await
+    {
+        Ok(_) => tracing::info!(queue = %key, "deleted the consumer of a removed rule's queue"),
+        Err(e) => tracing::debug!(queue = %key, error = %e, "consumer not deleted"),
+    }
+}
+
 pub(super) async fn stats_loop(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
