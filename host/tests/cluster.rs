@@ -229,6 +229,34 @@ async fn a_delivery_no_worker_claims_goes_to_another_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_queue_leaves_no_consumer_on_the_server() {
+    use futures::StreamExt;
+    let nats = NatsServer::start();
+    let a = node(&nats.url()).await;
+    a.publish(vec![event("to-gone")], PublishOptions::default())
+        .await
+        .unwrap();
+    let d = take(&a, "default/r/gone").await;
+    a.settle(d, ack()).await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js.get_stream("BUSBAR_DELIVERIES").await.unwrap();
+    let names = |stream: async_nats::jetstream::stream::Stream| async move {
+        stream
+            .consumer_names()
+            .filter_map(|n| async move { n.ok() })
+            .collect::<Vec<String>>()
+            .await
+    };
+    assert_eq!(
+        names(stream.clone()).await.len(),
+        1,
+        "the queue's consumer exists"
+    );
+    a.forget_queue("default/r/gone").await;
+    assert_eq!(names(stream).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_shared_and_redriven_by_any_node() {
     let nats = NatsServer::start();
     let (a, b) = (node(&nats.url()).await, node(&nats.url()).await);
