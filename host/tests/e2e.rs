@@ -174,6 +174,16 @@ fn order_flow_for_100_and_600() {
         .map(|c| c["message"].as_str().unwrap_or("").to_string())
         .collect();
     assert!(text.iter().any(|m| m.contains("o-600")), "{text:?}");
+    // payment-check passes the customer on, so the payment notices reach them too.
+    let failed_notice = calls
+        .iter()
+        .find(|c| {
+            c["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("payment failed"))
+        })
+        .unwrap_or_else(|| panic!("no payment-failed notice: {calls:?}"));
+    assert_eq!(failed_notice["to"], "bo@example.com", "{failed_notice}");
     assert!(
         calls.iter().all(|c| c["delivery_id"].is_string()),
         "{calls:?}"

@@ -43,11 +43,15 @@ async fn payment_check_decides_by_amount() {
         .call(
             "payment-check",
             "OrderCreated",
-            json!({"id": 8, "amount": 600}),
+            json!({"id": 8, "amount": 600, "customer": "bo@example.com"}),
         )
         .await
         .unwrap();
     assert_eq!(failed[0].detail_type, "PaymentFailed");
+    assert_eq!(
+        failed[0].detail,
+        json!({"id": 8, "amount": 600, "customer": "bo@example.com"})
+    );
 
     let err = h
         .call("payment-check", "OrderCreated", json!({"id": 9}))

@@ -55,10 +55,16 @@ impl Guest for PaymentCheck {
         } else {
             "PaymentSucceeded"
         };
+        let mut out = json!({ "id": id, "amount": amount });
+        // The customer travels with the answer, so the notification service can
+        // tell them about their payment without looking the order up.
+        if let Some(customer) = detail.get("customer").filter(|v| !v.is_null()) {
+            out["customer"] = customer.clone();
+        }
         Ok(vec![NewEvent {
             source: "payment-service".into(),
             detail_type: detail_type.into(),
-            detail: json!({ "id": id, "amount": amount }).to_string(),
+            detail: out.to_string(),
             resources: Vec::new(),
             bus: None,
         }])
