@@ -376,6 +376,12 @@ fn main() {
         end / 1024,
         soak_rate
     );
+    // The curve, at each tenth of the soak: flat means it levels off, not that it never moves.
+    let curve: Vec<String> = (1..=10)
+        .filter_map(|k| samples.get((samples.len() * k / 10).saturating_sub(1)))
+        .map(|kib| (kib / 1024).to_string())
+        .collect();
+    println!("{:<48} {} MiB", "  by tenths of the soak", curve.join(", "));
 }
 
 /// A steady offered load for the memory soak.

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub cache_dir: Option<PathBuf>,
     /// `nats://host:port` to run on NATS JetStream instead of the embedded store.
     pub bus: Option<String>,
+    /// Memory the embedded store may use to cache its file, in MiB. It is most of
+    /// a busy node's resident memory once the archive outgrows it.
+    pub store_cache_mib: usize,
     /// Bearer token for publishing (also accepted: the admin token). None: open.
     pub publish_token: Option<String>,
     /// Bearer token for `/v1` and every rule-changing call. None: open.
@@ -55,6 +58,7 @@ impl Default for ServerConfig {
             data_dir: "data".into(),
             cache_dir: None,
             bus: None,
+            store_cache_mib: 256,
             publish_token: None,
             admin_token: None,
         }

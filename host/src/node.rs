@@ -82,6 +82,7 @@ impl Node {
         let bus: Arc<dyn Bus> = match &config.server.bus {
             None => {
                 let mut ec = EmbeddedConfig::new(&data_dir);
+                ec.cache_bytes = config.server.store_cache_mib << 20;
                 ec.max_queue_backlog = config.delivery.max_queue_backlog;
                 ec.max_total_backlog = config.delivery.max_total_backlog;
                 EmbeddedBus::open(ec, rules.clone())

@@ -41,6 +41,8 @@ pub struct EmbeddedConfig {
     pub max_total_backlog: usize,
     /// At most this many operations share one commit.
     pub max_batch: usize,
+    /// redb's page cache, in bytes.
+    pub cache_bytes: usize,
 }
 
 impl EmbeddedConfig {
@@ -50,6 +52,7 @@ impl EmbeddedConfig {
             max_queue_backlog: 100_000,
             max_total_backlog: 1_000_000,
             max_batch: 4096,
+            cache_bytes: 256 << 20,
         }
     }
 }
@@ -184,9 +187,14 @@ impl EmbeddedBus {
             std::fs::create_dir_all(dir)
                 .map_err(|e| BusError::Store(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let db = Arc::new(Database::create(&config.path).map_err(|e| {
-            BusError::Store(format!("cannot open store {}: {e}", config.path.display()))
-        })?);
+        let db = Arc::new(
+            Database::builder()
+                .set_cache_size(config.cache_bytes)
+                .create(&config.path)
+                .map_err(|e| {
+                    BusError::Store(format!("cannot open store {}: {e}", config.path.display()))
+                })?,
+        );
         let kv: Arc<dyn crate::runtime::KvBackend> = Arc::new(
             crate::runtime::RedbKv::new(db.clone()).map_err(|e| BusError::Store(e.to_string()))?,
         );
