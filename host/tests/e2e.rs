@@ -491,3 +491,58 @@ plugin = "testkit"
     assert!(log.contains("loading plugins in the background"), "{log}");
     assert!(log.contains("plugins loaded"), "{log}");
 }
+
+/// Removing a target while its plugin is running a call lets the call finish
+/// and settle: the worker stops after it, not in the middle of it.
+#[test]
+fn a_call_in_progress_finishes_when_its_target_is_removed() {
+    let node = NodeDir::new("[metrics]\ninterval_secs = 0\n");
+    node.add_plugin(
+        &built("plugins/fixtures/testkit.wasm"),
+        "testkit",
+        Some("[limits]\ntimeout_ms = 10000\n"),
+    );
+    let server = node.start();
+    let base = &server.base;
+    wait_loaded(base, "testkit", None);
+    let put_rule = |targets: Value| {
+        let r = client()
+            .put(format!("{base}/v1/rules/default/slow"))
+            .json(&json!({"pattern": {"source": ["slow-start"]}, "targets": targets}))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().unwrap());
+    };
+    put_rule(json!([{"id": "t", "plugin": "testkit"}]));
+    post(
+        base,
+        json!({"source": "slow-start", "detail-type": "slow", "detail": {"ms": 1500}}),
+    );
+    eventually(30, "the slow call to start", || {
+        let targets = get(base, "/v1/targets");
+        targets["targets"]
+            .as_array()?
+            .iter()
+            .find(|t| t["queue"] == "default/slow/t" && t["in_flight"] == 1)
+            .map(|_| ())
+    });
+    put_rule(json!([]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let echoed = loop {
+        if let Some(e) = archive(base, json!({"source": ["testkit"]}))
+            .into_iter()
+            .next()
+        {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no echo; dead letters: {}\nlog:\n{}",
+            get(base, "/v1/dlq"),
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(echoed["detail"]["ms"], 1500, "{echoed}");
+    assert_eq!(get(base, "/v1/dlq")["dead_letters"], json!([]));
+}

@@ -94,10 +94,7 @@ impl Inner {
     ) -> Result<Prepared, PublishError> {
         let json = serde_json::to_vec(event)
             .map_err(|e| PublishError::Store(format!("event {}: {e}", event.id)))?;
-        let mut routes = self.router.route(event, &json);
-        if let Some(only) = only_rules {
-            routes.retain(|r| only.iter().any(|n| n == &r.rule));
-        }
+        let routes = self.router.route_only(event, &json, only_rules);
         let now = now_ms();
         let mut deliveries = Vec::with_capacity(routes.len());
         for route in routes {

@@ -43,6 +43,15 @@ pub trait Router: Send + Sync + 'static {
     /// `json` is the event as serialized for the store (`serde_json::to_vec(event)`):
     /// the matcher scans those bytes instead of building a JSON tree.
     fn route(&self, event: &Event, json: &[u8]) -> Vec<Route>;
+
+    /// [`Router::route`], kept to the rules in `only` when given (a replay to named rules).
+    fn route_only(&self, event: &Event, json: &[u8], only: Option<&[String]>) -> Vec<Route> {
+        let mut routes = self.route(event, json);
+        if let Some(only) = only {
+            routes.retain(|r| only.iter().any(|n| n == &r.rule));
+        }
+        routes
+    }
 }
 
 /// A delivery of one event to one (rule, target), as stored in its queue.

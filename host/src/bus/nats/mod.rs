@@ -270,10 +270,9 @@ impl Inner {
                     continue;
                 }
             };
-            let mut routes = self.router.route(event, &payload);
-            if let Some(only) = &options.only_rules {
-                routes.retain(|r| only.iter().any(|n| n == &r.rule));
-            }
+            let routes = self
+                .router
+                .route_only(event, &payload, options.only_rules.as_deref());
             let keys: Vec<String> = routes.iter().map(|r| r.queue_key(&event.bus)).collect();
             if bounded
                 && let Some(msg) = keys.iter().find_map(|k| {
