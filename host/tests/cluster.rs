@@ -7,8 +7,8 @@ mod nats_server;
 
 use busbar::bus::nats::{NatsBus, NatsConfig};
 use busbar::bus::{
-    ArchiveQuery, Bus, Delivery, PublishError, PublishOptions, Route, Router, Settle, StoredChange,
-    now_ms,
+    ArchiveFilter, ArchiveQuery, Bus, Delivery, PublishError, PublishOptions, Route, Router,
+    Settle, StoredChange, now_ms,
 };
 use busbar::event::{Event, EventInput, EventLimits};
 use busbar::rules::{BusInfo, Rule, RuleOrigin, RuleState};
@@ -78,8 +78,8 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     panic!("{what}: not within 10 s");
 }
 
-fn all() -> impl Fn(&Event) -> bool + Sync {
-    |_: &Event| true
+fn all() -> ArchiveFilter {
+    Arc::new(|_: &Event, _: &[u8]| true)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,16 +112,11 @@ async fn nodes_share_a_queue_and_outputs_are_routed_with_the_ack() {
     assert_eq!(d2.event.source, "to-y");
     a.settle(d2, ack()).await.unwrap();
     // Both published events and the handler's output are archived, readable from any node.
-    let f = all();
     let archived = b
-        .archive(ArchiveQuery {
-            since_ms: None,
-            until_ms: None,
-            limit: 10,
-            filter: &f,
-        })
+        .archive(ArchiveQuery::new(10, all()))
         .await
-        .unwrap();
+        .unwrap()
+        .events;
     let sources: Vec<_> = archived.iter().map(|e| e.source.as_str()).collect();
     assert_eq!(sources, ["to-x", "nowhere", "to-y"]);
     // A settled delivery cannot be settled twice.
@@ -331,16 +326,11 @@ async fn the_same_event_id_is_stored_once() {
     })
     .await;
     a.settle(d, ack()).await.unwrap();
-    let f = all();
     let archived = a
-        .archive(ArchiveQuery {
-            since_ms: None,
-            until_ms: None,
-            limit: 10,
-            filter: &f,
-        })
+        .archive(ArchiveQuery::new(10, all()))
         .await
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(archived.len(), 1);
 }
 
@@ -365,14 +355,8 @@ async fn replays_are_not_archived_and_the_archive_expires() {
         .await
         .unwrap();
     assert_eq!(res, vec![Ok(())]);
-    let f = all();
-    let q = || ArchiveQuery {
-        since_ms: None,
-        until_ms: None,
-        limit: 10,
-        filter: &f,
-    };
-    let archived = a.archive(q()).await.unwrap();
+    let q = || ArchiveQuery::new(10, all());
+    let archived = a.archive(q()).await.unwrap().events;
     assert_eq!(archived.len(), 1);
     assert_eq!(archived[0].source, "x");
     // The replayed event still reached its target.
@@ -382,13 +366,11 @@ async fn replays_are_not_archived_and_the_archive_expires() {
     // A time range after everything selects nothing.
     let later = ArchiveQuery {
         since_ms: Some(now_ms() + 60_000),
-        until_ms: None,
-        limit: 10,
-        filter: &f,
+        ..q()
     };
-    assert!(a.archive(later).await.unwrap().is_empty());
+    assert!(a.archive(later).await.unwrap().events.is_empty());
     assert_eq!(a.expire_archive(now_ms() + 1).await.unwrap(), 1);
-    assert!(a.archive(q()).await.unwrap().is_empty());
+    assert!(a.archive(q()).await.unwrap().events.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

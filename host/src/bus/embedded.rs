@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use tokio::sync::{Notify, oneshot};
 
-/// Archived events by (time received in ms, sequence number).
+/// Archived events by (time received in ms, sequence number). The key leads with
+/// the time, so a `since`/`until` query is a range scan and a cursor (the key of the
+/// last event a page read) resumes with one seek; no separate time index is needed.
 const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
 /// Pending deliveries by (queue key, sequence number).
 const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("deliveries");
@@ -147,6 +149,8 @@ struct Inner {
     seq: AtomicU64,
     closed: AtomicBool,
     kv: Arc<dyn crate::runtime::KvBackend>,
+    /// Archive scans running at once (see [`archive_scan_slots`]).
+    archive_scans: tokio::sync::Semaphore,
 }
 
 /// The single-node bus on redb.
@@ -205,6 +209,7 @@ impl EmbeddedBus {
             seq: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             kv,
+            archive_scans: tokio::sync::Semaphore::new(archive_scan_slots()),
         });
         inner.recover()?;
         // Bounded, so a stalled disk pushes back on callers instead of queueing without limit.
@@ -549,6 +554,57 @@ impl Writer<'_, '_> {
     }
 }
 
+impl Inner {
+    /// Reads one page of the archive (blocking: run it on a blocking thread).
+    fn archive_page(&self, q: &ArchiveQuery) -> Result<ArchivePage, BusError> {
+        let mut lo = (q.since_ms.unwrap_or(0).max(0) as u64, 0);
+        if let Some(c) = q.after {
+            // Strictly after the cursor's key.
+            let after = match c.seq.checked_add(1) {
+                Some(seq) => (c.time_ms, seq),
+                None => (c.time_ms.saturating_add(1), 0),
+            };
+            lo = lo.max(after);
+        }
+        let hi = (
+            q.until_ms.map(|u| u.max(0) as u64).unwrap_or(u64::MAX),
+            u64::MAX,
+        );
+        let mut page = ArchivePage::default();
+        if lo > hi || q.limit == 0 {
+            return Ok(page);
+        }
+        let rx = self.db.begin_read()?;
+        let t = rx.open_table(EVENTS)?;
+        let mut meter = ScanMeter::new(q.budget);
+        for row in t.range(lo..=hi)? {
+            let (key, value) = row?;
+            let (time_ms, seq) = key.value();
+            let bytes = value.value();
+            let event: Event = serde_json::from_slice(bytes).map_err(|e| {
+                BusError::Store(format!(
+                    "archived event ({time_ms}, {seq}) is unreadable: {e}; \
+                     query past it with since after {}",
+                    ms_to_rfc3339(time_ms as i64)
+                ))
+            })?;
+            let here = ArchiveCursor { time_ms, seq };
+            if (q.filter)(&event, bytes) {
+                page.events.push(event);
+                if page.events.len() >= q.limit {
+                    page.next = Some(here);
+                    break;
+                }
+            }
+            if !meter.read(bytes.len()) {
+                page.next = Some(here);
+                break;
+            }
+        }
+        Ok(page)
+    }
+}
+
 fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BusError> {
     serde_json::from_slice(bytes).map_err(|e| BusError::Store(format!("unreadable record: {e}")))
 }
@@ -873,27 +929,14 @@ impl Bus for EmbeddedBus {
         self.inner.dead_count.load(Ordering::Relaxed)
     }
 
-    async fn archive(&self, query: ArchiveQuery<'_>) -> Result<Vec<Event>, BusError> {
-        // The filter borrows from the caller, so this read runs in place: redb reads
-        // are short and never wait for the writer (MVCC).
-        let rx = self.inner.db.begin_read()?;
-        let t = rx.open_table(EVENTS)?;
-        let lo = (query.since_ms.unwrap_or(0).max(0) as u64, 0);
-        let hi = (
-            query.until_ms.map(|u| u.max(0) as u64).unwrap_or(u64::MAX),
-            u64::MAX,
-        );
-        let mut out = Vec::new();
-        for row in t.range(lo..=hi)? {
-            let event: Event = json(row?.1.value())?;
-            if (query.filter)(&event) {
-                out.push(event);
-                if out.len() >= query.limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+    async fn archive(&self, query: ArchiveQuery) -> Result<ArchivePage, BusError> {
+        let _slot = self
+            .inner
+            .archive_scans
+            .acquire()
+            .await
+            .map_err(|_| BusError::Closed)?;
+        self.blocking(move |inner| inner.archive_page(&query)).await
     }
 
     async fn expire_archive(&self, before_ms: i64) -> Result<usize, BusError> {
@@ -1022,17 +1065,9 @@ mod tests {
         let d2 = take(&bus, "default/r/b").await;
         assert_eq!(d2.event.source, "to-b");
         // Both published events and the handler's output are archived.
-        let all = |_: &Event| true;
-        let archived = bus
-            .archive(ArchiveQuery {
-                since_ms: None,
-                until_ms: None,
-                limit: 10,
-                filter: &all,
-            })
-            .await
-            .unwrap();
-        assert_eq!(archived.len(), 3);
+        let archived = bus.archive(ArchiveQuery::new(10, all())).await.unwrap();
+        assert_eq!(archived.events.len(), 3);
+        assert_eq!(archived.next, None);
     }
 
     #[tokio::test]
@@ -1183,15 +1218,96 @@ mod tests {
         bus.publish(vec![event("x"), replayed], PublishOptions::default())
             .await
             .unwrap();
-        let all = |_: &Event| true;
-        let q = || ArchiveQuery {
-            since_ms: None,
-            until_ms: None,
-            limit: 10,
-            filter: &all,
-        };
-        assert_eq!(bus.archive(q()).await.unwrap().len(), 1);
+        let q = || ArchiveQuery::new(10, all());
+        assert_eq!(bus.archive(q()).await.unwrap().events.len(), 1);
         assert_eq!(bus.expire_archive(now_ms() + 1).await.unwrap(), 1);
-        assert!(bus.archive(q()).await.unwrap().is_empty());
+        assert!(bus.archive(q()).await.unwrap().events.is_empty());
+    }
+
+    fn all() -> ArchiveFilter {
+        Arc::new(|_: &Event, _: &[u8]| true)
+    }
+
+    /// Pages through `q`, following each page's cursor; returns the events' sources
+    /// and how many pages it took.
+    async fn every_page(bus: &EmbeddedBus, mut q: ArchiveQuery) -> (Vec<String>, usize) {
+        let (mut sources, mut pages) = (Vec::new(), 0);
+        loop {
+            let page = bus.archive(q.clone()).await.unwrap();
+            pages += 1;
+            sources.extend(page.events.into_iter().map(|e| e.source));
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => return (sources, pages),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn archive_pages_stop_at_the_budget_and_resume_at_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = open(dir.path());
+        let sources: Vec<String> = (0..25).map(|i| format!("s{i}")).collect();
+        let events = sources.iter().map(|s| event(s)).collect();
+        bus.publish(events, PublishOptions::default())
+            .await
+            .unwrap();
+
+        // A filter that takes nothing still answers after `budget.events` reads.
+        let none: ArchiveFilter = Arc::new(|_: &Event, _: &[u8]| false);
+        let mut q = ArchiveQuery::new(10, none);
+        q.budget.events = 4;
+        let page = bus.archive(q.clone()).await.unwrap();
+        assert!(page.events.is_empty());
+        assert!(
+            page.next.is_some(),
+            "the budget ran out before the archive did"
+        );
+        assert_eq!(every_page(&bus, q).await, (vec![], 7));
+
+        // Limit and budget together reach every event once, in order.
+        let mut q = ArchiveQuery::new(3, all());
+        q.budget.events = 5;
+        let (got, pages) = every_page(&bus, q).await;
+        assert_eq!(got, sources);
+        assert!(pages >= 9, "{pages}");
+
+        // The filter sees the stored bytes too.
+        let odd: ArchiveFilter =
+            Arc::new(|_: &Event, json: &[u8]| json.windows(4).any(|w| w == b"\"s1\""));
+        let page = bus.archive(ArchiveQuery::new(10, odd)).await.unwrap();
+        assert_eq!(page.events.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn archive_time_ranges_are_key_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = open(dir.path());
+        bus.publish(vec![event("old")], PublishOptions::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let since = now_ms();
+        bus.publish(vec![event("new")], PublishOptions::default())
+            .await
+            .unwrap();
+        let until = now_ms();
+        let mut q = ArchiveQuery::new(10, all());
+        q.since_ms = Some(since);
+        q.until_ms = Some(until);
+        // A budget of one event is enough: the range starts at its first event.
+        q.budget.events = 1;
+        let page = bus.archive(q.clone()).await.unwrap();
+        assert_eq!(page.events.len(), 1);
+        assert_eq!(page.events[0].source, "new");
+        // A cursor before `since` does not widen the range; one past its end empties it.
+        q.after = Some(ArchiveCursor { time_ms: 0, seq: 0 });
+        assert_eq!(bus.archive(q.clone()).await.unwrap().events.len(), 1);
+        q.after = Some(ArchiveCursor {
+            time_ms: until as u64,
+            seq: u64::MAX,
+        });
+        let page = bus.archive(q).await.unwrap();
+        assert!(page.events.is_empty() && page.next.is_none());
     }
 }

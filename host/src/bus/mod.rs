@@ -209,12 +209,159 @@ pub struct QueueStats {
     pub oldest_age_ms: u64,
 }
 
-/// An archive query: a time range (on the time busbar received the event) and a filter.
-pub struct ArchiveQuery<'a> {
+/// Decides whether an archived event belongs in an answer. It gets the event and
+/// the bytes it is stored as (what the pattern matcher scans), and runs on the
+/// store's blocking threads, hence `Send + Sync + 'static`.
+pub type ArchiveFilter = Arc<dyn Fn(&Event, &[u8]) -> bool + Send + Sync>;
+
+/// An archive query: a time range (on the time busbar received the event), a
+/// filter, and where a previous page stopped.
+#[derive(Clone)]
+pub struct ArchiveQuery {
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
+    /// Resume strictly after this position (the `next` of the previous page).
+    pub after: Option<ArchiveCursor>,
+    /// At most this many events are returned.
     pub limit: usize,
-    pub filter: &'a (dyn Fn(&Event) -> bool + Sync),
+    /// At most this much is read to answer.
+    pub budget: ScanBudget,
+    pub filter: ArchiveFilter,
+}
+
+impl ArchiveQuery {
+    /// Every archived event, up to `limit`, under the default budget.
+    pub fn new(limit: usize, filter: ArchiveFilter) -> ArchiveQuery {
+        ArchiveQuery {
+            since_ms: None,
+            until_ms: None,
+            after: None,
+            limit,
+            budget: ScanBudget::default(),
+            filter,
+        }
+    }
+}
+
+/// One page of an archive query.
+#[derive(Debug, Clone, Default)]
+pub struct ArchivePage {
+    /// Matching events, oldest first.
+    pub events: Vec<Event>,
+    /// Present when the query stopped before the end of its range (the limit was
+    /// reached or the budget spent): the same query with `after` set to it goes on
+    /// from there. Absent once the range is read to its end.
+    pub next: Option<ArchiveCursor>,
+}
+
+/// A position in the archive: the last event a page read. Both backends order
+/// their archive by it: the embedded store keys events by (time received,
+/// sequence); JetStream by stream sequence, whose times only grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ArchiveCursor {
+    /// When busbar received the event (ms since the epoch).
+    pub time_ms: u64,
+    /// The store's sequence number of the event.
+    pub seq: u64,
+}
+
+/// Marks the cursor's text format, so a later format can refuse this one clearly.
+const CURSOR_PREFIX: &str = "a1.";
+
+impl ArchiveCursor {
+    /// The cursor as clients see it: opaque text, safe in a URL query.
+    pub fn encode(&self) -> String {
+        format!("{CURSOR_PREFIX}{:x}.{:x}", self.time_ms, self.seq)
+    }
+
+    /// Reads a cursor made by [`ArchiveCursor::encode`]; the error says what is wrong.
+    pub fn decode(text: &str) -> Result<ArchiveCursor, String> {
+        let bad = || {
+            format!(
+                "cursor {text:?} is not one busbar made: pass back the `next` of the \
+                 previous page unchanged, or leave cursor out to start at the beginning"
+            )
+        };
+        let rest = text.strip_prefix(CURSOR_PREFIX).ok_or_else(bad)?;
+        let (time, seq) = rest.split_once('.').ok_or_else(bad)?;
+        let hex = |t: &str| {
+            (!t.is_empty() && t.len() <= 16 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u64::from_str_radix(t, 16).ok())
+                .flatten()
+                .ok_or_else(bad)
+        };
+        Ok(ArchiveCursor {
+            time_ms: hex(time)?,
+            seq: hex(seq)?,
+        })
+    }
+}
+
+/// How much one archive query may read before it answers with a cursor: a query
+/// that matches little over a large archive pages instead of holding a thread (and
+/// a read snapshot) for as long as the whole archive takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanBudget {
+    /// Stored events read.
+    pub events: usize,
+    /// Bytes of stored events read.
+    pub bytes: usize,
+    /// Time spent reading.
+    pub time: std::time::Duration,
+}
+
+impl Default for ScanBudget {
+    fn default() -> Self {
+        ScanBudget {
+            events: 50_000,
+            bytes: 64 << 20,
+            time: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+/// Below this many events read, the byte and time bounds are not checked: a small
+/// archive answers in one page however loaded the machine is, and every page
+/// makes progress.
+const SCAN_FLOOR: usize = 1024;
+
+/// Counts one query's reading against its [`ScanBudget`].
+pub(crate) struct ScanMeter {
+    budget: ScanBudget,
+    started: std::time::Instant,
+    events: usize,
+    bytes: usize,
+}
+
+impl ScanMeter {
+    pub(crate) fn new(budget: ScanBudget) -> ScanMeter {
+        ScanMeter {
+            budget,
+            started: std::time::Instant::now(),
+            events: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Counts one event of `bytes` read; false once the budget is spent.
+    pub(crate) fn read(&mut self, bytes: usize) -> bool {
+        self.events += 1;
+        self.bytes += bytes;
+        if self.events >= self.budget.events.max(1) {
+            return false;
+        }
+        self.events < SCAN_FLOOR
+            || (self.bytes < self.budget.bytes && self.started.elapsed() < self.budget.time)
+    }
+}
+
+/// How many archive scans a node runs at once; more wait their turn. Scans are CPU
+/// work on blocking threads: half the cores leaves the rest to ingest and delivery.
+pub(crate) fn archive_scan_slots() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() / 2)
+        .unwrap_or(1)
+        .max(1)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,7 +434,10 @@ pub trait Bus: Send + Sync + 'static {
     async fn purge_dead_letters(&self, ids: Option<&[u64]>) -> Result<usize, BusError>;
     fn dead_letter_count(&self) -> usize;
 
-    async fn archive(&self, query: ArchiveQuery<'_>) -> Result<Vec<Event>, BusError>;
+    /// One page of archived events, oldest first. The read runs off the async
+    /// workers and stops at `query.limit` events or when `query.budget` is spent,
+    /// whichever comes first; the page's `next` says where to go on.
+    async fn archive(&self, query: ArchiveQuery) -> Result<ArchivePage, BusError>;
     /// Deletes archived events received before `before_ms`; returns how many.
     async fn expire_archive(&self, before_ms: i64) -> Result<usize, BusError>;
 
@@ -320,4 +470,52 @@ pub fn ms_to_rfc3339(ms: i64) -> String {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_archive_cursor_reads_back_and_refuses_what_it_did_not_make() {
+        let c = ArchiveCursor {
+            time_ms: 1_700_000_000_123,
+            seq: u64::MAX,
+        };
+        assert_eq!(ArchiveCursor::decode(&c.encode()), Ok(c));
+        for bad in [
+            "",
+            "a1.",
+            "a1.12",
+            "a1.x.1",
+            "a1.1.",
+            "b1.1.1",
+            "a1.1.1.1",
+            "a1.11111111111111111.1",
+        ] {
+            let e = ArchiveCursor::decode(bad).unwrap_err();
+            assert!(
+                e.contains("next") && e.contains(&format!("{bad:?}")),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_scan_meter_stops_at_the_event_count_and_lets_small_scans_finish() {
+        let mut m = ScanMeter::new(ScanBudget {
+            events: 3,
+            ..ScanBudget::default()
+        });
+        assert!(m.read(10) && m.read(10));
+        assert!(!m.read(10), "the third event spends the budget");
+        // Bytes and time are checked only past the floor.
+        let mut m = ScanMeter::new(ScanBudget {
+            events: usize::MAX,
+            bytes: 1,
+            time: std::time::Duration::ZERO,
+        });
+        assert!((1..SCAN_FLOOR).all(|_| m.read(1_000)));
+        assert!(!m.read(1_000));
+    }
 }

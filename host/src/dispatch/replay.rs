@@ -1,17 +1,17 @@
 //! Replays: archived events of a time range published again, to every rule of
 //! their bus or only to named rules. Replayed events carry `replay-name` and are
-//! not archived a second time, so a replay never feeds the next one.
+//! not archived a second time, so a replay never feeds the next one. A replay
+//! reads its range a page at a time, following the archive's cursor, so it
+//! reaches every event of the range with one page in memory.
 
-use crate::bus::{ArchiveQuery, PublishOptions};
+use crate::bus::{ArchiveFilter, ArchiveQuery, PublishOptions};
 use crate::node::Node;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// Events read from the archive per publish.
+/// Events read from the archive per page, and published together.
 const BATCH: usize = 500;
-/// One replay reads at most this many events (a bound on memory, documented).
-pub const MAX_REPLAY_EVENTS: usize = 1_000_000;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReplayRequest {
@@ -160,35 +160,43 @@ impl Replays {
         until_ms: i64,
         rules: Option<Vec<String>>,
     ) -> Result<(), String> {
-        let filter = |e: &crate::event::Event| e.bus == bus;
-        let events = node
-            .bus
-            .archive(ArchiveQuery {
-                since_ms: Some(since_ms),
-                until_ms: Some(until_ms),
-                limit: MAX_REPLAY_EVENTS,
-                filter: &filter,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        for chunk in events.chunks(BATCH) {
-            let batch: Vec<_> = chunk
-                .iter()
-                .cloned()
-                .map(|mut e| {
-                    e.replay_name = Some(name.to_string());
-                    e
-                })
-                .collect();
-            let options = PublishOptions {
-                skip_archive: true,
-                only_rules: rules.clone(),
-            };
-            let results = node.publish_with(batch, options).await;
-            let ok = results.iter().filter(|r| r.is_ok()).count();
-            if let Some(mut s) = self.all.get_mut(name) {
-                s.replayed += ok;
-                s.failed += results.len() - ok;
+        let wanted = bus.to_string();
+        let filter: ArchiveFilter =
+            Arc::new(move |e: &crate::event::Event, _: &[u8]| e.bus == wanted);
+        let mut query = ArchiveQuery {
+            since_ms: Some(since_ms),
+            until_ms: Some(until_ms),
+            ..ArchiveQuery::new(BATCH, filter)
+        };
+        loop {
+            let page = node
+                .bus
+                .archive(query.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            if !page.events.is_empty() {
+                let batch: Vec<_> = page
+                    .events
+                    .into_iter()
+                    .map(|mut e| {
+                        e.replay_name = Some(name.to_string());
+                        e
+                    })
+                    .collect();
+                let options = PublishOptions {
+                    skip_archive: true,
+                    only_rules: rules.clone(),
+                };
+                let results = node.publish_with(batch, options).await;
+                let ok = results.iter().filter(|r| r.is_ok()).count();
+                if let Some(mut s) = self.all.get_mut(name) {
+                    s.replayed += ok;
+                    s.failed += results.len() - ok;
+                }
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
             }
         }
         Ok(())

@@ -10,16 +10,19 @@
 //! - `GET /v1/dlq[?after=ID&limit=N]`, `GET|DELETE /v1/dlq/{id}`, `DELETE /v1/dlq`
 //!   (purge all), `POST /v1/dlq/redrive` (`{"ids": [..]}`, or `{}` for all).
 //! - `POST /v1/replays`, `GET /v1/replays`, `GET /v1/replays/{name}`.
-//! - `GET /v1/archive?pattern=&since=&until=&bus=&limit=`: archived events, oldest
-//!   first; `since`/`until` (RFC 3339, inclusive) are on the time busbar received
-//!   each event; `limit` defaults to 100, at most 10,000.
+//! - `GET /v1/archive?pattern=&since=&until=&bus=&limit=&cursor=`: archived events,
+//!   oldest first; `since`/`until` (RFC 3339, inclusive) are on the time busbar
+//!   received each event; `limit` defaults to 100, at most 10,000. Each answer reads
+//!   a bounded part of the archive ([`crate::bus::ScanBudget`]); when it stops before
+//!   the end it carries `"next"`, an opaque cursor: the same query with
+//!   `cursor=<next>` goes on from there.
 //! - `GET /v1/tail[?pattern=]`: Server-Sent Events (see [`super::tail`]).
 
 use super::auth::Scope;
 use super::errors::ApiError;
 use super::limits::read_body;
 use super::{NodeState, authorize};
-use crate::bus::ArchiveQuery;
+use crate::bus::{ArchiveCursor, ArchiveFilter, ArchiveQuery};
 use crate::dispatch::replay::ReplayRequest;
 use crate::event::parse_json_bytes;
 use crate::node::Node;
@@ -445,6 +448,8 @@ struct ArchiveParams {
     until: Option<String>,
     bus: Option<String>,
     limit: Option<usize>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
 }
 
 /// Parses a pattern given to an admin route, with the same message as a rule's.
@@ -492,25 +497,36 @@ async fn archive(
         ));
     }
     let limit = page_limit(q.limit)?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(ArchiveCursor::decode)
+        .transpose()
+        .map_err(|m| ApiError::bad_request("InvalidArgument", m))?;
+    // The pattern runs on the stored bytes, as the router's matcher does: no JSON
+    // tree is built for the events it turns away.
+    let matcher = pattern.map(|p| crate::pattern::Matcher::new([((), p)]));
     let bus = q.bus;
-    let filter = |e: &crate::event::Event| {
+    let filter: ArchiveFilter = Arc::new(move |e: &crate::event::Event, json: &[u8]| {
         bus.as_ref().is_none_or(|b| &e.bus == b)
-            && pattern.as_ref().is_none_or(|p| {
-                serde_json::to_value(e)
-                    .map(|v| p.matches(&v))
-                    .unwrap_or(false)
-            })
-    };
-    let events = node
+            && matcher
+                .as_ref()
+                .is_none_or(|m| m.matches_json(json).is_ok_and(|keys| !keys.is_empty()))
+    });
+    let page = node
         .bus
         .archive(ArchiveQuery {
             since_ms,
             until_ms,
-            limit,
-            filter: &filter,
+            after,
+            ..ArchiveQuery::new(limit, filter)
         })
         .await?;
-    Ok(Json(json!({"events": events})))
+    let mut body = json!({"events": page.events});
+    if let Some(next) = page.next {
+        body["next"] = json!(next.encode());
+    }
+    Ok(Json(body))
 }
 
 #[derive(Deserialize)]

@@ -119,6 +119,8 @@ pub(crate) struct Inner {
     dead_count: AtomicUsize,
     closed: AtomicBool,
     close_tx: tokio::sync::watch::Sender<bool>,
+    /// Archive scans running at once (see [`archive_scan_slots`]).
+    archive_scans: tokio::sync::Semaphore,
 }
 
 /// The bus on NATS JetStream, shared by every node connected to the same server.
@@ -210,6 +212,7 @@ impl NatsBus {
             dead_count: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             close_tx,
+            archive_scans: tokio::sync::Semaphore::new(archive_scan_slots()),
         });
         inner.refresh_stats().await;
         let stats_task = tokio::spawn(queues::stats_loop(Arc::downgrade(&inner)));
@@ -463,7 +466,7 @@ impl Bus for NatsBus {
         self.inner.dead_count.load(Ordering::Relaxed)
     }
 
-    async fn archive(&self, query: ArchiveQuery<'_>) -> Result<Vec<Event>, BusError> {
+    async fn archive(&self, query: ArchiveQuery) -> Result<ArchivePage, BusError> {
         archive::query(&self.inner, query).await
     }
 
