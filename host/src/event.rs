@@ -21,6 +21,29 @@ pub const DEFAULT_REGION: &str = "local";
 /// The bus an event goes to when the publisher names none.
 pub const DEFAULT_BUS: &str = "default";
 
+/// Longest `source`, in characters (EventBridge's limit on Source).
+pub const MAX_SOURCE_CHARS: usize = 256;
+/// Longest publisher-given `id`, in characters.
+pub const MAX_ID_CHARS: usize = 256;
+/// Longest `detail-type`, in characters (EventBridge's limit on DetailType).
+pub const MAX_DETAIL_TYPE_CHARS: usize = 128;
+/// Longest `account` and `region`, in characters. EventBridge sets both itself
+/// (a 12-digit account id, a region name of at most 25 characters); busbar lets
+/// the publisher name them, so they get a bound that fits any such name.
+pub const MAX_ACCOUNT_REGION_CHARS: usize = 64;
+/// Most `resources` in one event, and the longest one, in characters
+/// (EventBridge's limits on Resources).
+pub const MAX_RESOURCES: usize = 100;
+pub const MAX_RESOURCE_CHARS: usize = 2048;
+
+/// The source busbar publishes its own events under; it and every `busbar.*`
+/// source are reserved: clients may not publish them (see
+/// [`EventInput::into_client_event`]), busbar and its plugins may.
+pub const RESERVED_SOURCE: &str = "busbar";
+/// Extension attributes whose names start with this carry busbar's own
+/// bookkeeping (such as the plugin that produced an event); clients may not set them.
+pub const RESERVED_EXTENSION_PREFIX: &str = "busbar";
+
 /// One event, as stored, matched and delivered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -126,8 +149,8 @@ impl EventInput {
     /// Validates the input against `limits` and fills in the defaults
     /// (a v4 UUID id, the current time, the default account, region and bus).
     pub fn into_event(self, limits: &EventLimits) -> Result<Event, EventError> {
-        let source = required_string(self.source, "source")?;
-        let detail_type = required_string(self.detail_type, "detail-type")?;
+        let source = required_string(self.source, "source", MAX_SOURCE_CHARS)?;
+        let detail_type = required_string(self.detail_type, "detail-type", MAX_DETAIL_TYPE_CHARS)?;
         let detail = match self.detail {
             None => return Err(EventError::invalid("detail is required")),
             Some(Value::Object(map)) => Value::Object(map),
@@ -157,28 +180,37 @@ impl EventInput {
             Some(id) if id.is_empty() => {
                 return Err(EventError::invalid("id must not be empty when given"));
             }
-            Some(id) if id.len() > 256 => {
-                return Err(EventError::invalid("id is longer than 256 characters"));
+            Some(id) => {
+                check_length(&id, "id", MAX_ID_CHARS)?;
+                id
             }
-            Some(id) => id,
         };
         let bus = match self.bus {
             None => DEFAULT_BUS.to_string(),
             Some(b) => validate_bus_name(&b)?,
         };
+        if self.resources.len() > MAX_RESOURCES {
+            return Err(EventError::invalid(format!(
+                "resources has {} entries; the limit is {MAX_RESOURCES}",
+                self.resources.len()
+            )));
+        }
         for (i, r) in self.resources.iter().enumerate() {
             if r.is_empty() {
                 return Err(EventError::invalid(format!("resources[{i}] is empty")));
             }
+            check_length(r, &format!("resources[{i}]"), MAX_RESOURCE_CHARS)?;
         }
+        let account = optional_name(self.account, "account", DEFAULT_ACCOUNT)?;
+        let region = optional_name(self.region, "region", DEFAULT_REGION)?;
         let event = Event {
             version: "0".to_string(),
             id,
             detail_type,
             source,
-            account: self.account.unwrap_or_else(|| DEFAULT_ACCOUNT.to_string()),
+            account,
             time,
-            region: self.region.unwrap_or_else(|| DEFAULT_REGION.to_string()),
+            region,
             resources: self.resources,
             detail,
             bus,
@@ -197,6 +229,37 @@ impl EventInput {
             });
         }
         Ok(event)
+    }
+
+    /// Like [`EventInput::into_event`], for an event that comes from outside
+    /// busbar (every ingest surface): the reserved source `busbar` and every
+    /// `busbar.*` source are refused, since rules that drive busbar itself
+    /// (metrics, scaling decisions) match them, and so are extension attributes
+    /// named `busbar*`, which carry busbar's own provenance.
+    pub fn into_client_event(self, limits: &EventLimits) -> Result<Event, EventError> {
+        if let Some(source) = self.source.as_deref()
+            && is_reserved_source(source)
+        {
+            return Err(EventError {
+                code: "ReservedSource",
+                message: format!(
+                    "source {source:?} is reserved: sources \"{RESERVED_SOURCE}\" and \"{RESERVED_SOURCE}.*\" are published only by busbar and its plugins; publish under a source of your own"
+                ),
+            });
+        }
+        if let Some(name) = self
+            .extensions
+            .keys()
+            .find(|k| has_reserved_prefix(k, RESERVED_EXTENSION_PREFIX))
+        {
+            return Err(EventError {
+                code: "ReservedAttribute",
+                message: format!(
+                    "extension attribute {name:?} is reserved: names starting with \"{RESERVED_EXTENSION_PREFIX}\" carry busbar's own bookkeeping; rename the attribute"
+                ),
+            });
+        }
+        self.into_event(limits)
     }
 
     /// Reads the native JSON shape (`source`, `detail-type`, `detail`, optional `id`,
@@ -252,18 +315,41 @@ impl EventInput {
     }
 }
 
-/// The size EventBridge charges for an entry: the UTF-8 bytes of Source,
-/// DetailType, Detail and each Resource, plus 14 bytes when Time is present
-/// (always, for a stored event).
+/// The size of an entry, checked against `limits.max_entry_bytes`. It starts
+/// from what EventBridge charges (the UTF-8 bytes of Source, DetailType,
+/// Detail and each Resource, plus 14 bytes for Time, always present on a stored
+/// event) and adds every other field an event carries, because busbar lets the
+/// publisher set fields EventBridge fills in itself: the bytes of `id`,
+/// `account`, `region` and the bus name, and the name and JSON value of each
+/// extension attribute. Nothing an event carries to the store goes uncounted.
 pub fn entry_size(event: &Event) -> usize {
-    let detail = serde_json::to_string(&event.detail)
-        .map(|s| s.len())
-        .unwrap_or(0);
+    let json_len = |v: &Value| serde_json::to_string(v).map(|s| s.len()).unwrap_or(0);
     event.source.len()
         + event.detail_type.len()
-        + detail
+        + json_len(&event.detail)
         + event.resources.iter().map(String::len).sum::<usize>()
         + 14
+        + event.id.len()
+        + event.account.len()
+        + event.region.len()
+        + event.bus.len()
+        + event
+            .extensions
+            .iter()
+            .map(|(k, v)| k.len() + json_len(v))
+            .sum::<usize>()
+}
+
+/// Whether `source` is one only busbar and its plugins may publish: `busbar`
+/// or `busbar.*`, in any letter case (a rule may match case-insensitively).
+pub fn is_reserved_source(source: &str) -> bool {
+    source.eq_ignore_ascii_case(RESERVED_SOURCE)
+        || has_reserved_prefix(source, &format!("{RESERVED_SOURCE}."))
+}
+
+fn has_reserved_prefix(text: &str, prefix: &str) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 /// Nesting depth of a JSON value: a scalar is 0, `{"a": 1}` is 1.
@@ -357,18 +443,45 @@ pub fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-fn required_string(v: Option<String>, field: &str) -> Result<String, EventError> {
+fn required_string(v: Option<String>, field: &str, max_chars: usize) -> Result<String, EventError> {
     match v {
         None => Err(EventError::invalid(format!("{field} is required"))),
         Some(s) if s.trim().is_empty() => {
             Err(EventError::invalid(format!("{field} must not be empty")))
         }
-        Some(s) if s.len() > 256 => Err(EventError::invalid(format!(
-            "{field} is {} bytes; the limit is 256",
-            s.len()
-        ))),
-        Some(s) => Ok(s),
+        Some(s) => {
+            check_length(&s, field, max_chars)?;
+            Ok(s)
+        }
     }
+}
+
+/// `account` or `region`: the default when absent, else 1 to
+/// [`MAX_ACCOUNT_REGION_CHARS`] characters.
+fn optional_name(v: Option<String>, field: &str, default: &str) -> Result<String, EventError> {
+    match v {
+        None => Ok(default.to_string()),
+        Some(s) if s.trim().is_empty() => Err(EventError::invalid(format!(
+            "{field} must not be empty when given"
+        ))),
+        Some(s) => {
+            check_length(&s, field, MAX_ACCOUNT_REGION_CHARS)?;
+            Ok(s)
+        }
+    }
+}
+
+/// Refuses `text` longer than `max_chars` characters (EventBridge counts
+/// characters, not bytes). Counting stops just past the limit, so a hostile
+/// megabyte costs no more than a string at the limit.
+fn check_length(text: &str, field: &str, max_chars: usize) -> Result<(), EventError> {
+    if text.len() > max_chars && text.chars().nth(max_chars).is_some() {
+        return Err(EventError::invalid(format!(
+            "{field} is longer than {max_chars} characters ({} bytes); shorten it",
+            text.len()
+        )));
+    }
+    Ok(())
 }
 
 fn string_field(v: Value, key: &str) -> Result<String, EventError> {
@@ -487,8 +600,9 @@ mod tests {
     fn size_is_computed_like_eventbridge() {
         let e = input(json!({"source": "abc", "detail-type": "de", "detail": {"k": "v"}, "resources": ["r1"]}))
             .unwrap();
-        // 3 + 2 + len({"k":"v"})=9 + 2 + 14
-        assert_eq!(entry_size(&e), 30);
+        // EventBridge's charge, 3 + 2 + len({"k":"v"})=9 + 2 + 14, then the
+        // id (a 36-character UUID), account, region and bus.
+        assert_eq!(entry_size(&e), 30 + 36 + 12 + 5 + 7);
         let big = "x".repeat(DEFAULT_MAX_ENTRY_BYTES);
         let err =
             input(json!({"source": "s", "detail-type": "t", "detail": {"k": big}})).unwrap_err();
@@ -504,6 +618,87 @@ mod tests {
         .into_event(&limits)
         .unwrap_err();
         assert!(err.message.contains("limit is 20 bytes"), "{err}");
+    }
+
+    #[test]
+    fn every_field_counts_and_envelope_fields_are_bounded() {
+        let limits = EventLimits {
+            max_entry_bytes: 1000,
+            ..Default::default()
+        };
+        let mut with_ext =
+            EventInput::from_json(json!({"source": "s", "detail-type": "t", "detail": {}}))
+                .unwrap();
+        with_ext
+            .extensions
+            .insert("big".into(), Value::String("x".repeat(1000)));
+        let err = with_ext.into_event(&limits).unwrap_err();
+        assert_eq!(err.code, "EntryTooLarge", "{err}");
+        for (field, len, limit) in [
+            ("account", 65, "64"),
+            ("region", 65, "64"),
+            ("source", 257, "256"),
+            ("detail-type", 129, "128"),
+            ("id", 257, "256"),
+        ] {
+            let mut v = json!({"source": "s", "detail-type": "t", "detail": {}});
+            v[field] = Value::String("é".repeat(len));
+            let err = input(v).unwrap_err();
+            assert!(
+                err.message
+                    .starts_with(&format!("{field} is longer than {limit} characters")),
+                "{err}"
+            );
+            // At the limit, in characters (not bytes), it is accepted.
+            let mut v = json!({"source": "s", "detail-type": "t", "detail": {}});
+            v[field] = Value::String("é".repeat(len - 1));
+            input(v).unwrap();
+        }
+        let many: Vec<String> = (0..101).map(|i| format!("r{i}")).collect();
+        let err =
+            input(json!({"source": "s", "detail-type": "t", "detail": {}, "resources": many}))
+                .unwrap_err();
+        assert!(err.message.contains("the limit is 100"), "{err}");
+        let err = input(json!({"source": "s", "detail-type": "t", "detail": {}, "account": " "}))
+            .unwrap_err();
+        assert_eq!(err.message, "account must not be empty when given");
+    }
+
+    #[test]
+    fn clients_may_not_use_reserved_sources_or_attributes() {
+        let client = |v: Value| {
+            EventInput::from_json(v)
+                .unwrap()
+                .into_client_event(&EventLimits::default())
+        };
+        for source in ["busbar", "busbar.autoscaler", "BusBar.x"] {
+            let err =
+                client(json!({"source": source, "detail-type": "t", "detail": {}})).unwrap_err();
+            assert_eq!(err.code, "ReservedSource");
+            assert!(
+                err.message.contains(&format!("{source:?} is reserved")),
+                "{err}"
+            );
+            // busbar itself and its plugins go through into_event and may.
+            input(json!({"source": source, "detail-type": "t", "detail": {}})).unwrap();
+        }
+        for source in ["busbarish", "my.busbar", "busba"] {
+            client(json!({"source": source, "detail-type": "t", "detail": {}})).unwrap();
+        }
+        let mut forged =
+            EventInput::from_json(json!({"source": "s", "detail-type": "t", "detail": {}}))
+                .unwrap();
+        forged
+            .extensions
+            .insert("busbarproducer".into(), Value::String("autoscaler".into()));
+        let err = forged
+            .into_client_event(&EventLimits::default())
+            .unwrap_err();
+        assert_eq!(err.code, "ReservedAttribute");
+        assert!(
+            err.message.contains("\"busbarproducer\" is reserved"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -168,20 +168,45 @@ fn without_the_autoscaler_concurrency_stays_at_the_manifest_default() {
     }
 }
 
+/// Decisions come from a plugin granted the control capability: the testkit
+/// answers `echo` with the detail it was given, so it publishes whatever
+/// ScaleTarget the test asks for (clients may not publish `busbar.*` sources).
+const DECIDER_RULES: &str = r#"
+[[rules]]
+name = "decide"
+pattern = '{"source": ["decide"]}'
+[[rules.targets]]
+id = "decider"
+plugin = "decider"
+
+[[rules]]
+name = "decisions"
+pattern = '{"source": ["testkit"], "detail-type": ["Echoed"]}'
+[[rules.targets]]
+id = "control"
+plugin = "busbar:control"
+retry = { max_retry_attempts = 0, max_event_age_secs = 60 }
+"#;
+
 #[test]
 fn scale_decisions_are_clamped_and_unknown_targets_dead_lettered() {
     let node = NodeDir::new(
-        &format!("{WORK_RULE}{SCALING_RULES}").replace("interval_secs = 1", "interval_secs = 0"),
+        &format!("{WORK_RULE}{DECIDER_RULES}").replace("interval_secs = 1", "interval_secs = 0"),
     );
     node.add_plugin(
         &built("plugins/fixtures/testkit.wasm"),
         "slow",
         Some(SLOW_MANIFEST),
     );
+    node.add_plugin(
+        &built("plugins/fixtures/testkit.wasm"),
+        "decider",
+        Some("[capabilities]\ncontrol = true\n"),
+    );
     let server = node.start();
     let base = &server.base;
     let scale = |target: &str, n: i64| {
-        json!({"source": "busbar.autoscaler", "detail-type": "ScaleTarget",
+        json!({"source": "decide", "detail-type": "echo",
                "detail": {"target": target, "desired_concurrency": n, "reason": "test"}})
     };
     let r: Value = client()
@@ -192,7 +217,8 @@ fn scale_decisions_are_clamped_and_unknown_targets_dead_lettered() {
         .json()
         .unwrap();
     assert_eq!(r["failed"], 0, "{r}");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The decider plugin compiles first (a bound, not a timing assertion).
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let t = target(base, "default/work/t");
         if t["concurrency"] == 8 {

@@ -7,6 +7,12 @@
 //! concurrency, clamped to the bounds of its plugin's manifest. The policy is
 //! therefore a plugin: replacing `autoscaler.wasm` changes it live, and
 //! removing it puts the targets it scaled back at their manifest defaults.
+//!
+//! Only a plugin may drive the control target, and only one whose manifest
+//! grants `[capabilities] control = true`: the dispatcher stamps every event a
+//! plugin publishes with the plugin's name ([`PRODUCER_EXTENSION`], which no
+//! client can set), and a decision from any other producer is dead-lettered
+//! with the reason. Clients cannot publish the `busbar.*` sources at all.
 
 pub mod metrics;
 
@@ -71,6 +77,11 @@ impl Control {
         detail: &serde_json::Value,
         producer: Option<&str>,
     ) -> Result<Decision, String> {
+        authorize(dispatcher.runtime(), producer).inspect_err(|reason| {
+            tracing::warn!(producer = producer.unwrap_or("-"), %reason,
+                "scaling decision refused");
+            ::metrics::counter!("busbar_scaling_decisions_refused_total").increment(1);
+        })?;
         let st: ScaleTarget = serde_json::from_value(detail.clone()).map_err(|e| {
             format!("ScaleTarget detail must be {{target, desired_concurrency, reason}}: {e}")
         })?;
@@ -127,6 +138,29 @@ impl Control {
                 self.decisions.remove(&q);
             }
         }
+    }
+}
+
+/// Whether `producer`, the plugin that published a decision (none for an
+/// event from a client or from busbar itself), may drive the control target:
+/// its manifest, as loaded now, must grant the control capability.
+fn authorize(runtime: &crate::runtime::Runtime, producer: Option<&str>) -> Result<(), String> {
+    let grant =
+        "only a plugin whose manifest grants [capabilities] control = true may scale targets";
+    let Some(plugin) = producer else {
+        return Err(format!(
+            "scaling decision refused: it was not published by a plugin; {grant}"
+        ));
+    };
+    match runtime.manifest(plugin) {
+        Some(m) if m.capabilities.control => Ok(()),
+        Some(_) => Err(format!(
+            "scaling decision refused: plugin {plugin} does not have the control capability; \
+             add [capabilities] control = true to {plugin}.toml if it should scale targets"
+        )),
+        None => Err(format!(
+            "scaling decision refused: plugin {plugin}, which published it, is not loaded now; {grant}"
+        )),
     }
 }
 

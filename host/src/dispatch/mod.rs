@@ -127,6 +127,11 @@ impl Dispatcher {
         self.outcomes.subscribe()
     }
 
+    /// The plugin runtime; the control target reads producers' manifests from it.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     /// Starts pools for the current targets and keeps them in step with rule
     /// changes and plugin (re)loads until the process ends.
     pub fn start(self: &Arc<Self>) {

@@ -28,8 +28,8 @@ use super::errors::{AMZ_JSON, AwsError};
 use super::limits::{BodyError, read_body};
 use super::{EntryOutcome, NodeState, Surface, publish_entries};
 use crate::event::{
-    DEFAULT_ACCOUNT, DEFAULT_BUS, DEFAULT_REGION, Event, EventError, EventInput, json_kind,
-    parse_json_bytes, validate_bus_name,
+    DEFAULT_ACCOUNT, DEFAULT_BUS, DEFAULT_REGION, Event, EventError, EventInput, entry_size,
+    json_kind, parse_json_bytes, validate_bus_name,
 };
 use crate::node::Node;
 use crate::pattern::Pattern;
@@ -360,11 +360,27 @@ async fn put_events(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
             entries.len()
         )));
     }
+    // EventBridge bounds the request as a whole by the entry limit: ten
+    // entries just under it each are refused together, before any is published.
+    let limit = ctx.node.event_limits.max_entry_bytes;
+    let mut total = 0usize;
     let events: Vec<std::result::Result<Event, EventError>> = entries
         .into_iter()
         .enumerate()
-        .map(|(i, v)| entry_event(ctx, i, v))
+        .map(|(i, v)| {
+            let raw = raw_entry_size(&v);
+            let event = entry_event(ctx, i, v);
+            // An entry that did not become an event still counts, at its raw size:
+            // an oversized one fails the request, as it does in EventBridge.
+            total += event.as_ref().map_or(raw, entry_size);
+            event
+        })
         .collect();
+    if total > limit {
+        return Err(AwsError::validation(format!(
+            "Total size of the entries in the request is over the limit: {total} bytes; the limit is {limit} bytes (limits.max_entry_bytes, which bounds the entries of one PutEvents request together); send fewer or smaller entries per request"
+        )));
+    }
     let outcomes = publish_entries(ctx.node, Surface::Aws, events).await;
     if outcomes.iter().all(EntryOutcome::is_throttled) {
         // A whole-request ThrottlingException is what botocore retries with backoff.
@@ -473,11 +489,36 @@ fn entry_event(ctx: &Ctx<'_>, i: usize, v: Value) -> std::result::Result<Event, 
         region: Some(ctx.region.clone()),
         ..Default::default()
     }
-    .into_event(&ctx.node.event_limits)
+    .into_client_event(&ctx.node.event_limits)
     .map_err(|err| EventError {
-        code: err.code,
+        // EventBridge's own code for a source the caller may not publish.
+        code: match err.code {
+            "ReservedSource" => "NotAuthorizedForSourceException",
+            code => code,
+        },
         message: format!("Entries[{i}]: {}", err.message),
     })
+}
+
+/// The size of a PutEvents entry as it arrived, for one that could not be
+/// read as an event: the UTF-8 bytes of every string and number in it (the
+/// `Detail` text as sent), plus the 14 bytes EventBridge charges for `Time`.
+fn raw_entry_size(entry: &Value) -> usize {
+    let mut size = 0;
+    let mut stack = vec![entry];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) => size += s.len(),
+            Value::Number(n) => size += n.to_string().len(),
+            Value::Array(items) => stack.extend(items),
+            Value::Object(members) => stack.extend(members.values()),
+            Value::Bool(_) | Value::Null => {}
+        }
+    }
+    if entry.get("Time").is_some() {
+        size += 14;
+    }
+    size
 }
 
 /// `Time` as botocore sends it (epoch seconds, a number) or as a string

@@ -421,7 +421,7 @@ impl Attributes {
             extensions: self.extensions,
             ..Default::default()
         }
-        .into_event(&node.event_limits)
+        .into_client_event(&node.event_limits)
         .map_err(|e| {
             // Name the attribute the sender used, not the envelope field it became.
             let message = if let Some(rest) = e.message.strip_prefix("detail-type ") {

@@ -57,7 +57,7 @@ async fn publish(
     check_entries(items.len(), limits.max_entries_per_request)?;
     let entries = items
         .into_iter()
-        .map(|v| EventInput::from_json(v)?.into_event(&node.event_limits))
+        .map(|v| EventInput::from_json(v)?.into_client_event(&node.event_limits))
         .collect();
     let outcomes = publish_entries(&node, Surface::Native, entries).await;
     Ok(batch_response(&outcomes))

@@ -28,9 +28,22 @@ pub struct Manifest {
     pub scaling: Scaling,
     #[serde(default)]
     pub http: Http,
+    /// What the plugin may do beyond handling events; everything is off unless granted.
+    #[serde(default)]
+    pub capabilities: Capabilities,
     /// Values the plugin reads through the `config` import.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+}
+
+/// `[capabilities]`: powers over busbar itself, each granted by the operator
+/// who installs the manifest, none by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capabilities {
+    /// The built-in control target (`busbar:control`) applies the `ScaleTarget`
+    /// decisions this plugin publishes; from any other producer they are refused.
+    pub control: bool,
 }
 
 /// How instances are reused between calls.
