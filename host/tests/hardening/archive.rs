@@ -50,29 +50,25 @@ fn fill(s: &TestServer, events: Vec<Event>) -> Vec<String> {
     ids
 }
 
-fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+/// Query parameters of `/v1/archive`.
+type Params = Vec<(&'static str, String)>;
 
-/// One page of `/v1/archive?{query}`, resumed at `cursor`: its events and its `next`.
+/// One page of `/v1/archive` with `params`, resumed at `cursor`: its events and its `next`.
 fn page(
     client: &reqwest::blocking::Client,
     base: &str,
-    query: &str,
+    params: &Params,
     cursor: Option<&str>,
 ) -> (Vec<Value>, Option<String>) {
-    let mut url = format!("{base}/v1/archive?{query}");
+    let mut params = params.clone();
     if let Some(c) = cursor {
-        url.push_str(&format!("&cursor={}", url_encode(c)));
+        params.push(("cursor", c.to_string()));
     }
-    let r = client.get(url).send().expect("archive query");
+    let r = client
+        .get(format!("{base}/v1/archive"))
+        .query(&params)
+        .send()
+        .expect("archive query");
     let status = r.status();
     let body: Value = r.json().expect("archive JSON");
     assert_eq!(status, 200, "{body}");
@@ -83,12 +79,16 @@ fn page(
 
 /// Follows `next` until the archive says there is no more; returns every event
 /// and the number of pages it took.
-fn page_all(client: &reqwest::blocking::Client, base: &str, query: &str) -> (Vec<Value>, usize) {
+fn page_all(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    params: &Params,
+) -> (Vec<Value>, usize) {
     let mut all = Vec::new();
     let mut pages = 0;
     let mut cursor: Option<String> = None;
     loop {
-        let (events, next) = page(client, base, query, cursor.as_deref());
+        let (events, next) = page(client, base, params, cursor.as_deref());
         pages += 1;
         all.extend(events);
         match next {
@@ -103,6 +103,15 @@ fn page_all(client: &reqwest::blocking::Client, base: &str, query: &str) -> (Vec
             None => return (all, pages),
         }
     }
+}
+
+/// The ids of every event of a paged query.
+fn all_ids(base: &str, params: Params) -> Vec<String> {
+    ids_of(&page_all(&client(), base, &params).0)
+}
+
+fn at(ms: i64) -> String {
+    busbar::bus::ms_to_rfc3339(ms)
 }
 
 fn ids_of(events: &[Value]) -> Vec<String> {
@@ -152,7 +161,7 @@ fn worst_case_queries_leave_health_and_ingest_fast_and_pages_reach_everything() 
     let stop = AtomicBool::new(false);
     let scans_done = AtomicUsize::new(0);
     let probed = AtomicUsize::new(0);
-    let query = format!("pattern={}&limit={PAGE}", url_encode(NOTHING));
+    let query: Params = vec![("pattern", NOTHING.into()), ("limit", PAGE.to_string())];
     std::thread::scope(|scope| {
         // Inside the scope: should an assertion fail, the scanners stop and the scope ends.
         let _stop = StopOnDrop(&stop);
@@ -186,7 +195,7 @@ fn worst_case_queries_leave_health_and_ingest_fast_and_pages_reach_everything() 
     });
 
     // Paging with the cursor reaches every event exactly once, in time order.
-    let (all, pages) = page_all(&client(), &s.url, &format!("limit={PAGE}"));
+    let (all, pages) = page_all(&client(), &s.url, &vec![("limit", PAGE.to_string())]);
     assert!(pages > 1, "{pages} page(s)");
     let wanted: HashSet<&String> = ids.iter().collect();
     let filled: Vec<String> = ids_of(&all)
@@ -263,14 +272,16 @@ fn a_time_range_returns_only_that_range_page_by_page() {
     let until = busbar::bus::now_ms();
     std::thread::sleep(Duration::from_millis(30));
     let after = fill(&s, events(2_000, "after"));
-    let range = format!(
-        "since={}&until={}",
-        url_encode(&busbar::bus::ms_to_rfc3339(since)),
-        url_encode(&busbar::bus::ms_to_rfc3339(until))
-    );
+    let range = |limit: usize| -> Params {
+        vec![
+            ("since", at(since)),
+            ("until", at(until)),
+            ("limit", limit.to_string()),
+        ]
+    };
 
     // Small pages: the cursor carries the position, the range stays as asked.
-    let (got, pages) = page_all(&client(), &s.url, &format!("{range}&limit=150"));
+    let (got, pages) = page_all(&client(), &s.url, &range(150));
     assert!(
         pages >= 7,
         "1,000 events in pages of 150 took {pages} page(s)"
@@ -279,33 +290,26 @@ fn a_time_range_returns_only_that_range_page_by_page() {
     assert!(got.iter().all(|e| e["source"] == "inside"));
 
     // The same range with a pattern and one large page.
-    let matching = format!(
-        "{range}&limit=10000&pattern={}",
-        url_encode(r#"{"source":["inside","before","after"]}"#)
-    );
+    let mut matching = range(PAGE);
+    matching.push((
+        "pattern",
+        r#"{"source":["inside","before","after"]}"#.into(),
+    ));
     let (events, next) = page(&client(), &s.url, &matching, None);
     assert_eq!(next, None, "the whole range fits one page");
     assert_exactly_once(&ids_of(&events), &inside, "the range in one page");
 
     // Open-ended ranges on either side.
-    let (older, _) = page_all(
-        &client(),
+    let older = all_ids(
         &s.url,
-        &format!(
-            "until={}&limit=10000",
-            url_encode(&busbar::bus::ms_to_rfc3339(since - 1))
-        ),
+        vec![("until", at(since - 1)), ("limit", PAGE.to_string())],
     );
-    assert_exactly_once(&ids_of(&older), &before, "until only");
-    let (newer, _) = page_all(
-        &client(),
+    assert_exactly_once(&older, &before, "until only");
+    let newer = all_ids(
         &s.url,
-        &format!(
-            "since={}&limit=10000",
-            url_encode(&busbar::bus::ms_to_rfc3339(until + 1))
-        ),
+        vec![("since", at(until + 1)), ("limit", PAGE.to_string())],
     );
-    assert_exactly_once(&ids_of(&newer), &after, "since only");
+    assert_exactly_once(&newer, &after, "since only");
 }
 
 #[test]
