@@ -76,7 +76,9 @@ impl CompiledCache {
                 }
             }
         }
-        let component = Component::new(engine, bytes).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        // `{:#}`: the causes on one line, never a host backtrace (which `{:?}`
+        // adds under RUST_BACKTRACE=1) in what the plugin status shows.
+        let component = Component::new(engine, bytes).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         if let Err(e) = self.store(&path, &component) {
             // The cache is an optimisation: a full disk must not stop a plugin loading.
             tracing::warn!(path = %path.display(), error = %e, "cannot write the compiled cache");
@@ -87,7 +89,7 @@ impl CompiledCache {
     fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
         let bytes = component
             .serialize()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let tmp = path.with_extension(format!(
             "tmp.{}.{}",
             std::process::id(),

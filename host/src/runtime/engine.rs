@@ -18,7 +18,8 @@ const MIN_SLOT_MIB: u64 = 256;
 /// How many component instances can be alive at once, over all plugins.
 /// The per-plugin `max_instances` (at most 256) bounds each plugin; this
 /// bounds the sum, so a host full of plugins cannot reserve unbounded
-/// address space.
+/// address space. `pool::InstanceBudget` shares these slots out: one
+/// reserved per loaded plugin, the rest to whoever needs them.
 pub const TOTAL_INSTANCES: u32 = 512;
 
 /// Engine-wide sizing decided at start-up.
@@ -72,7 +73,7 @@ pub fn build(largest_manifest_mib: u64) -> anyhow::Result<(Engine, EngineLimits)
         .epoch_interruption(true)
         .cranelift_opt_level(wasmtime::OptLevel::Speed);
     let engine = Engine::new(&config)
-        .map_err(|e| anyhow::anyhow!("cannot create the wasmtime engine: {e:?}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot create the wasmtime engine: {e:#}"))?;
     Ok((engine, EngineLimits { slot_mib }))
 }
 

@@ -16,6 +16,8 @@ const MAX_CPU_MS: u64 = 60_000;
 const MAX_TIMEOUT_MS: u64 = 300_000;
 const MAX_INSTANCES: u32 = 256;
 const MAX_CONCURRENCY: u32 = 1024;
+/// A manifest is a few lines; anything this big is not one.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,21 +171,33 @@ fn split_host_port(entry: &str) -> (&str, Option<u16>) {
 
 impl Manifest {
     /// Parses and checks manifest text; `origin` names the file in errors.
+    /// A syntax or type error is reported by line and column with the
+    /// parser's description, never with the text of the line: the file may
+    /// not be what the operator thinks it is.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Manifest> {
         let manifest: Manifest = toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))?;
+            .map_err(|e| anyhow::anyhow!("{origin}: {}", describe_toml_error(&e, text)))?;
         manifest
             .validate()
             .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         Ok(manifest)
     }
 
-    /// Reads `path`; a missing file is the default manifest.
+    /// Reads `path`, a file of the plugins directory; a missing file is the
+    /// default manifest. See [`read_plugin_file`] for what is refused.
     pub fn load(path: &Path) -> anyhow::Result<Manifest> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Manifest::parse(&text, &path.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
-            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        match read_plugin_file(path, MAX_MANIFEST_BYTES)? {
+            None => Ok(Manifest::default()),
+            Some(bytes) => {
+                let origin = path.display().to_string();
+                let text = String::from_utf8(bytes).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{origin}: not UTF-8 text (byte {} is invalid)",
+                        e.utf8_error().valid_up_to()
+                    )
+                })?;
+                Manifest::parse(&text, &origin)
+            }
         }
     }
 
@@ -234,6 +248,93 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Reads a plugin's file (`NAME.wasm`, `NAME.toml`) from the plugins
+/// directory, its parent; `None` when it does not exist. A symbolic link is
+/// followed only to a file inside that directory (a link out of it would let
+/// anyone who can write there show other files through the plugin status),
+/// and only regular files up to `max_bytes` are read (a FIFO would block the
+/// loader forever).
+pub(super) fn read_plugin_file(path: &Path, max_bytes: u64) -> anyhow::Result<Option<Vec<u8>>> {
+    let shown = path.display();
+    let linked = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta.file_type().is_symlink(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!("cannot read {shown}: {e}"),
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir_real = dir
+        .canonicalize()
+        .map_err(|e| anyhow::anyhow!("cannot read the plugins directory {}: {e}", dir.display()))?;
+    // The resolved path is what gets read, so the link cannot be swapped
+    // between the check and the read.
+    let real = path.canonicalize().map_err(|e| {
+        if linked {
+            anyhow::anyhow!("{shown} is a symbolic link that cannot be followed ({e}); replace it with the file itself")
+        } else {
+            anyhow::anyhow!("cannot read {shown}: {e}")
+        }
+    })?;
+    if !real.starts_with(&dir_real) {
+        anyhow::bail!(
+            "{shown} is a symbolic link to {}, outside the plugins directory {}; busbar does not follow links \
+             out of it: copy the file into the directory instead",
+            real.display(),
+            dir_real.display()
+        );
+    }
+    let meta = std::fs::metadata(&real).map_err(|e| anyhow::anyhow!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        anyhow::bail!("{shown} is not a regular file");
+    }
+    if meta.len() > max_bytes {
+        anyhow::bail!(
+            "{shown} is {} bytes, over the limit of {max_bytes} bytes for this kind of file",
+            meta.len()
+        );
+    }
+    std::fs::read(&real)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("cannot read {shown}: {e}"))
+}
+
+/// `line L, column C: message` for a TOML error. The toml crate's own
+/// `Display` quotes the offending line of the file; only the position and
+/// the parser's description are kept, with quoted values in the description
+/// (serde's `invalid type: string "..."`) replaced by `"..."`. Key and variant
+/// names, which the description shows in backticks, stay: they are what a
+/// typo is about.
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let message = redact_quoted(e.message().trim_end());
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
+/// Replaces every double-quoted string (with Rust/serde escapes) by `"..."`.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '"' {
+            let mut escaped = false;
+            for c in chars.by_ref() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => break,
+                    _ => escaped = false,
+                }
+            }
+            out.push_str("...\"");
+        }
+    }
+    out
 }
 
 fn check_range(field: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
@@ -344,6 +445,21 @@ webhook_url = "http://127.0.0.1:9000/notify"
             .unwrap_err()
             .to_string();
         assert!(err.contains("p.toml"), "{err}");
+    }
+
+    #[test]
+    fn errors_give_the_position_not_the_text() {
+        let err = Manifest::parse("[limits]\nmemory_mib = \"s3cr3t\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("p.toml: line 2, column 14: "), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+        let err = Manifest::parse("x = 1\nroot:x:0:0:root:/root:/bin/bash\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2, column"), "{err}");
+        assert!(!err.contains("/bin/bash") && !err.contains("root"), "{err}");
+        assert_eq!(redact_quoted(r#"a "b\"c" d"#), r#"a "..." d"#);
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub struct Runtime {
     kv: Arc<dyn KvBackend>,
     http: reqwest::Client,
     plugins: DashMap<String, Arc<registry::Entry>>,
+    /// The engine's instance slots, shared by every plugin.
+    budget: Arc<pool::InstanceBudget>,
     changes: broadcast::Sender<RegistryChange>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     me: Weak<Runtime>,
@@ -146,6 +148,7 @@ impl Runtime {
             kv,
             http,
             plugins: DashMap::new(),
+            budget: pool::InstanceBudget::new(engine::TOTAL_INSTANCES),
             changes,
             watcher: Mutex::new(None),
             me: me.clone(),
@@ -293,14 +296,16 @@ impl Runtime {
     }
 }
 
-/// The largest `limits.memory_mib` among the manifests in `dir` (0 if none parse).
+/// The largest `limits.memory_mib` among the plugins' manifests in `dir`
+/// (0 if none parse); a `.toml` without its `.wasm` is not a plugin's.
 fn largest_memory_cap(dir: &std::path::Path) -> u64 {
     let Ok(read) = std::fs::read_dir(dir) else {
         return 0;
     };
     read.flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
-        .filter_map(|e| Manifest::load(&e.path()).ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.with_extension("wasm").exists())
+        .filter_map(|p| Manifest::load(&p).ok())
         .map(|m| m.limits.memory_mib)
         .max()
         .unwrap_or(0)

@@ -12,8 +12,8 @@ use super::Runtime;
 use super::cache::{Origin, sha256_hex};
 use super::imports::PluginHost;
 use super::imports::bindings::HandlerPre;
-use super::manifest::{Limits, Manifest};
-use super::pool::{Slots, Version, check_memory};
+use super::manifest::{Limits, Manifest, read_plugin_file};
+use super::pool::{InstanceBudget, Slots, Version, check_memory};
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -90,11 +90,11 @@ struct Info {
 }
 
 impl Entry {
-    pub fn new(name: &str) -> Entry {
+    pub fn new(name: &str, budget: &Arc<InstanceBudget>) -> Entry {
         Entry {
             name: name.into(),
             current: ArcSwapOption::empty(),
-            slots: Slots::new(name),
+            slots: Slots::new(name, budget),
             load_lock: tokio::sync::Mutex::new(()),
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -151,17 +151,24 @@ impl Runtime {
     fn entry(&self, name: &str) -> Arc<Entry> {
         self.plugins
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(Entry::new(name)))
+            .or_insert_with(|| Arc::new(Entry::new(name, &self.budget)))
             .clone()
     }
 
     /// Brings plugin `name` in line with the files on disk: load, reload,
     /// unload, or nothing when they are unchanged.
     pub(crate) async fn reconcile(self: &Arc<Self>, name: &str) {
-        let entry = self.entry(name);
-        let _guard = entry.load_lock.lock().await;
         let wasm_path = self.config.plugins_dir.join(format!("{name}.wasm"));
         let toml_path = self.config.plugins_dir.join(format!("{name}.toml"));
+        // A manifest alone is not a plugin (the default plugins directory is
+        // also where plugin sources keep their `Cargo.toml`): a name gets an
+        // entry once its `.wasm` exists, and its manifest is read then.
+        let entry = match self.plugins.get(name).map(|e| e.clone()) {
+            Some(entry) => entry,
+            None if std::fs::symlink_metadata(&wasm_path).is_ok() => self.entry(name),
+            None => return,
+        };
+        let _guard = entry.load_lock.lock().await;
         let read = tokio::task::spawn_blocking({
             let (w, t) = (wasm_path.clone(), toml_path.clone());
             move || read_files(&w, &t)
@@ -185,14 +192,20 @@ impl Runtime {
             && v.hash == hash
             && *v.manifest == manifest
         {
-            // Unchanged (e.g. a bad file was put back to the good one).
-            entry.info.lock().state = PluginState::Loaded;
+            // Unchanged (e.g. a bad file was put back to the good one): the
+            // serving version matches the files again, so the error is over.
+            let mut info = entry.info.lock();
+            info.state = PluginState::Loaded;
+            info.last_error = None;
+            info.failed = None;
             return;
         }
         if entry.info.lock().failed.as_ref() == Some(&(hash.clone(), manifest.clone())) {
             return;
         }
-        if let Err(e) = check_memory(&manifest, &self.engine_limits, name) {
+        if let Err(e) = check_memory(&manifest, &self.engine_limits, name)
+            .and_then(|()| check_component_header(name, &bytes))
+        {
             return self.fail(&entry, format!("{e:#}"), Some((hash, manifest)));
         }
         let started = Instant::now();
@@ -219,8 +232,8 @@ impl Runtime {
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| format!("{e:?}"))
-            .and_then(|pre| HandlerPre::new(pre).map_err(|e| format!("{e:?}")));
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|pre| HandlerPre::new(pre).map_err(|e| format!("{e:#}")));
         let pre = match pre {
             Ok(p) => p,
             Err(e) => {
@@ -235,13 +248,14 @@ impl Runtime {
             kv: self.kv.clone(),
             http: self.http.clone(),
         });
-        let version = Arc::new(Version::new(
-            host,
-            hash.clone(),
-            component,
-            pre,
-            entry.slots.clone(),
-        ));
+        // Checked last, with the reservation made in the same step, so loads
+        // running side by side cannot reserve more slots than the engine has.
+        // Not remembered as a failed attempt: the same files may fit once
+        // another plugin is removed.
+        if let Err(e) = entry.slots.reserve(host.manifest.limits.max_instances) {
+            return self.fail(&entry, format!("{e:#}"), None);
+        }
+        let version = Version::new(host, hash.clone(), component, pre, entry.slots.clone());
         if let Some(old) = entry.current.swap(Some(version)) {
             old.retire();
         }
@@ -281,6 +295,7 @@ impl Runtime {
         if let Some(old) = old {
             old.retire();
         }
+        entry.slots.unreserve();
         tracing::info!(plugin = %entry.name, "plugin unloaded: its .wasm file was removed");
         let _ = self.changes.send(RegistryChange::Unloaded {
             name: entry.name.to_string(),
@@ -345,13 +360,48 @@ pub fn plugin_name(path: &Path) -> Option<String> {
     valid_name(stem).then(|| stem.to_string())
 }
 
+/// The largest `.wasm` file busbar reads (the Python example is about 20 MiB).
+const MAX_WASM_BYTES: u64 = 512 << 20;
+
 /// `None` when there is no `.wasm` (the plugin is absent).
 fn read_files(wasm: &Path, toml: &Path) -> anyhow::Result<Option<(Vec<u8>, Manifest)>> {
-    let bytes = match std::fs::read(wasm) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => anyhow::bail!("cannot read {}: {e}", wasm.display()),
+    let Some(bytes) = read_plugin_file(wasm, MAX_WASM_BYTES)? else {
+        return Ok(None);
     };
     let manifest = Manifest::load(toml)?;
     Ok(Some((bytes, manifest)))
+}
+
+/// The preamble of a component: `\0asm`, binary version 0x0d, layer 1.
+const COMPONENT_HEADER: [u8; 8] = *b"\0asm\x0d\0\x01\0";
+/// The preamble of a core module: `\0asm`, version 1, layer 0.
+const MODULE_HEADER: [u8; 8] = *b"\0asm\x01\0\0\0";
+
+/// Tells what a file is before the compiler sees it, so that something
+/// that is not a component gets a message saying so (and what to do)
+/// rather than whatever the parser trips over first.
+fn check_component_header(name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let head = bytes.get(..8).unwrap_or(bytes);
+    if head == COMPONENT_HEADER {
+        return Ok(());
+    }
+    if head == MODULE_HEADER {
+        anyhow::bail!(
+            "{name}.wasm is a core WebAssembly module, not a WebAssembly component: build it for \
+             wasm32-wasip2, or wrap it with `wasm-tools component new {name}.wasm -o {name}.wasm` \
+             (add `--adapt` with the WASI preview 1 adapter if it imports WASI)"
+        );
+    }
+    if head.starts_with(b"\0asm") && head.len() == 8 {
+        anyhow::bail!(
+            "{name}.wasm is not a WebAssembly component this host reads: its header says binary \
+             version {:#x}, layer {}; busbar reads components (version 0xd, layer 1)",
+            u16::from_le_bytes([head[4], head[5]]),
+            u16::from_le_bytes([head[6], head[7]])
+        );
+    }
+    anyhow::bail!(
+        "{name}.wasm is not a WebAssembly component: it does not start with the component \
+         header (`\\0asm` followed by version 0xd, layer 1)"
+    )
 }
