@@ -6,6 +6,7 @@
 //! `ingest` -> `bus` -> `pattern`/`rules` -> `dispatch` -> `runtime`.
 
 pub mod bus;
+pub mod clock;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -42,6 +42,8 @@ pub struct Node {
     pub tail: broadcast::Sender<TailItem>,
     /// Set once the plugins found at start are loaded (or failed to load).
     pub plugins_loaded: Arc<std::sync::atomic::AtomicBool>,
+    /// This node's time, shared by its store and dispatcher (tests advance it).
+    pub clock: Arc<crate::clock::Clock>,
 }
 
 /// How [`Node::start_with`] starts.
@@ -79,12 +81,14 @@ impl Node {
         };
         let rules = RuleSet::new(limits);
         let data_dir = config.server.data_dir.clone();
+        let clock = Arc::new(crate::clock::Clock::default());
         let bus: Arc<dyn Bus> = match &config.server.bus {
             None => {
                 let mut ec = EmbeddedConfig::new(&data_dir);
                 ec.cache_bytes = config.server.store_cache_mib << 20;
                 ec.max_queue_backlog = config.delivery.max_queue_backlog;
                 ec.max_total_backlog = config.delivery.max_total_backlog;
+                ec.clock = clock.clone();
                 EmbeddedBus::open(ec, rules.clone())
                     .with_context(|| format!("opening the store in {}", data_dir.display()))?
             }
@@ -93,11 +97,14 @@ impl Node {
                 nc.max_queue_backlog = config.delivery.max_queue_backlog;
                 nc.max_total_backlog = config.delivery.max_total_backlog;
                 nc.archive_retention = Duration::from_secs(config.archive.retention_days * 86_400);
+                nc.clock = clock.clone();
                 crate::bus::nats::NatsBus::connect(nc, rules.clone())
                     .await
                     .with_context(|| format!("starting the JetStream bus on {url}"))?
             }
         };
+        let tail = broadcast::channel(4096).0;
+        bus.observe_commits(Arc::new(TailObserver { tail: tail.clone() }));
         rules.load(bus.rules().await?, bus.buses().await?);
         if let Some(changes) = bus.watch_rules().await? {
             tokio::spawn(follow_stored_rules(rules.clone(), changes));
@@ -154,6 +161,10 @@ impl Node {
             DispatchConfig {
                 hop_limit: config.delivery.hop_limit,
                 event_limits,
+                clock: clock.clone(),
+                // Two intervals: one late metrics event still counts, older ones are history.
+                metrics_stale_after: (config.metrics.interval_secs > 0)
+                    .then(|| Duration::from_secs(2 * config.metrics.interval_secs)),
                 ..Default::default()
             },
         );
@@ -168,8 +179,9 @@ impl Node {
             dispatcher,
             replays: Default::default(),
             event_limits,
-            tail: broadcast::channel(4096).0,
+            tail,
             plugins_loaded,
+            clock,
         });
         node.spawn_tail_forwarder();
         node.spawn_retention();
@@ -204,8 +216,6 @@ impl Node {
                 ))));
             }
         }
-        let tail = (self.tail.receiver_count() > 0).then(|| accepted.clone());
-        let only_rules = options.only_rules.clone();
         match self.bus.publish(accepted, options).await {
             Ok(out) => {
                 for (slot, r) in slots.iter().zip(out) {
@@ -215,22 +225,6 @@ impl Node {
             Err(e) => {
                 for slot in &slots {
                     results[*slot] = Some(Err(PublishError::Store(e.to_string())));
-                }
-            }
-        }
-        if let Some(events) = tail {
-            for (e, slot) in events.into_iter().zip(&slots) {
-                if matches!(results[*slot], Some(Ok(()))) {
-                    let rules: Vec<String> = self
-                        .rules
-                        .matching_rules(&e)
-                        .into_iter()
-                        .filter(|r| only_rules.as_ref().is_none_or(|only| only.contains(r)))
-                        .collect();
-                    let _ = self.tail.send(TailItem::Event {
-                        event: Box::new(e),
-                        rules,
-                    });
                 }
             }
         }
@@ -430,8 +424,13 @@ impl Node {
         });
     }
 
-    /// Re-reads the config file's rules and buses when it changes. A broken
-    /// file keeps the rules already loaded and says why in the log.
+    /// Re-reads the config file's rules and buses when its content changes. A
+    /// broken file keeps the rules already loaded and says why in the log.
+    ///
+    /// Only writes, creations, renames and removals wake the loop, and a reload
+    /// happens only when the bytes differ from the last ones read: reading the
+    /// file (our own read included, or another node's sharing it) is an access
+    /// event, and reacting to those made every reload trigger the next one.
     fn spawn_config_watch(self: &Arc<Self>) {
         let Some(path) = self.config_path.clone() else {
             return;
@@ -441,6 +440,7 @@ impl Node {
         let watched = path.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res
+                && !matches!(ev.kind, notify::EventKind::Access(_))
                 && ev
                     .paths
                     .iter()
@@ -467,12 +467,23 @@ impl Node {
             tracing::warn!(error = %e, dir = %dir.display(), "config file changes will not be picked up");
             return;
         }
+        let content_hash = |path: &std::path::Path| {
+            use sha2::Digest;
+            std::fs::read(path).ok().map(|b| sha2::Sha256::digest(&b))
+        };
+        let mut last = content_hash(&path);
         tokio::spawn(async move {
             let _keep = watcher;
             while rx.recv().await.is_some() {
                 // Editors write in several steps: let the file settle first.
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 while rx.try_recv().is_ok() {}
+                let now = content_hash(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                ::metrics::counter!("busbar_config_reloads_total").increment(1);
                 let loaded = Config::load(&path).and_then(|c| Ok((c.rules()?, c.buses())));
                 match loaded.map(|(r, b)| rules.replace_config(r, b)) {
                     Ok(Ok(())) => {
@@ -486,6 +497,26 @@ impl Node {
                     }
                 }
             }
+        });
+    }
+}
+
+/// Puts every committed event on the live tail, those plugins emit included.
+/// The store reports an event before its deliveries can be taken, so in the tail
+/// an event's line comes before the lines of its deliveries.
+struct TailObserver {
+    tail: broadcast::Sender<TailItem>,
+}
+
+impl crate::bus::CommitObserver for TailObserver {
+    fn wants(&self) -> bool {
+        self.tail.receiver_count() > 0
+    }
+
+    fn committed(&self, c: crate::bus::Committed) {
+        let _ = self.tail.send(TailItem::Event {
+            event: Box::new(c.event),
+            rules: c.rules,
         });
     }
 }

@@ -45,6 +45,8 @@ pub struct EmbeddedConfig {
     pub max_batch: usize,
     /// redb's page cache, in bytes.
     pub cache_bytes: usize,
+    /// Due times and queue ages are read on this clock (a test may advance it).
+    pub clock: Arc<crate::clock::Clock>,
 }
 
 impl EmbeddedConfig {
@@ -55,6 +57,7 @@ impl EmbeddedConfig {
             max_total_backlog: 1_000_000,
             max_batch: 4096,
             cache_bytes: 256 << 20,
+            clock: Default::default(),
         }
     }
 }
@@ -85,6 +88,8 @@ struct Prepared {
     archive: bool,
     /// Each delivery with its stored record.
     deliveries: Vec<(Delivery, Vec<u8>)>,
+    /// What the commit observer is told once this is durable (when it watches).
+    committed: Option<Committed>,
 }
 
 impl Inner {
@@ -97,7 +102,8 @@ impl Inner {
         let json = serde_json::to_vec(event)
             .map_err(|e| PublishError::Store(format!("event {}: {e}", event.id)))?;
         let routes = self.router.route_only(event, &json, only_rules);
-        let now = now_ms();
+        let committed = Committed::of(self.observer.get(), event, &routes);
+        let now = self.config.clock.now_ms();
         let mut deliveries = Vec::with_capacity(routes.len());
         for route in routes {
             let d = Delivery {
@@ -122,6 +128,7 @@ impl Inner {
             json,
             archive,
             deliveries,
+            committed,
         })
     }
 }
@@ -151,6 +158,7 @@ struct Inner {
     kv: Arc<dyn crate::runtime::KvBackend>,
     /// Archive scans running at once (see [`archive_scan_slots`]).
     archive_scans: tokio::sync::Semaphore,
+    observer: std::sync::OnceLock<Arc<dyn CommitObserver>>,
 }
 
 /// The single-node bus on redb.
@@ -175,6 +183,8 @@ impl Drop for EmbeddedBus {
 
 /// What a commit changes in memory once it is durable.
 enum After {
+    /// Reported before the event's deliveries are enqueued (see [`CommitObserver`]).
+    Committed(Box<Committed>),
     Enqueue(Box<Delivery>),
     Release(String),
     DeadLettered,
@@ -210,6 +220,7 @@ impl EmbeddedBus {
             closed: AtomicBool::new(false),
             kv,
             archive_scans: tokio::sync::Semaphore::new(archive_scan_slots()),
+            observer: std::sync::OnceLock::new(),
         });
         inner.recover()?;
         // Bounded, so a stalled disk pushes back on callers instead of queueing without limit.
@@ -351,7 +362,7 @@ impl Inner {
                     dead: &mut dead,
                     after: &mut after,
                     pending: &mut pending,
-                    now: now_ms(),
+                    now: self.config.clock.now_ms(),
                 };
                 for op in batch {
                     match op {
@@ -386,6 +397,11 @@ impl Inner {
             Ok(()) => {
                 for a in after {
                     match a {
+                        After::Committed(c) => {
+                            if let Some(o) = self.observer.get() {
+                                o.committed(*c);
+                            }
+                        }
                         After::Enqueue(d) => self.enqueue(*d),
                         After::Release(key) => {
                             let q = self.queue(&key);
@@ -470,6 +486,9 @@ impl Writer<'_, '_> {
             let seq = self.inner.next_seq();
             self.events
                 .insert((self.now as u64, seq), event.json.as_slice())?;
+        }
+        if let Some(c) = event.committed {
+            self.after.push(After::Committed(Box::new(c)));
         }
         for (d, record) in event.deliveries {
             self.queue
@@ -662,7 +681,7 @@ impl Bus for EmbeddedBus {
             notified.as_mut().enable();
             let wait_ms = {
                 let mut st = q.state.lock();
-                let now = now_ms();
+                let now = self.inner.config.clock.now_ms();
                 match st.ready.first_key_value().map(|(k, _)| *k) {
                     Some((due, seq)) if due <= now => {
                         let d = st.ready.remove(&(due, seq));
@@ -678,7 +697,7 @@ impl Bus for EmbeddedBus {
                 Some(ms) => {
                     tokio::select! {
                         _ = &mut notified => {}
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(ms)) => {}
+                        _ = self.inner.config.clock.sleep_ms(ms) => {}
                     }
                 }
                 None => notified.await,
@@ -714,7 +733,7 @@ impl Bus for EmbeddedBus {
     }
 
     fn queue_stats(&self) -> Vec<QueueStats> {
-        let now = now_ms();
+        let now = self.inner.config.clock.now_ms();
         let mut out: Vec<QueueStats> = self
             .inner
             .queues
@@ -864,7 +883,7 @@ impl Bus for EmbeddedBus {
                         v
                     }
                 };
-                let now = now_ms();
+                let now = inner.config.clock.now_ms();
                 for dl in letters {
                     dead.remove(dl.id)?;
                     let d = Delivery {
@@ -956,6 +975,12 @@ impl Bus for EmbeddedBus {
             Ok(n)
         })
         .await
+    }
+
+    fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
+        if self.inner.observer.set(observer).is_err() {
+            tracing::warn!("a commit observer is already set; the new one is ignored");
+        }
     }
 
     fn kv(&self) -> Arc<dyn crate::runtime::KvBackend> {

@@ -54,6 +54,48 @@ pub trait Router: Send + Sync + 'static {
     }
 }
 
+/// An event a backend has just made durable, with the rules it was routed to.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub event: Event,
+    /// Each rule once, in route order.
+    pub rules: Vec<String>,
+}
+
+/// Told of every event the bus commits, whether a client published it or a
+/// handler emitted it: on the embedded store in commit order and before any of
+/// its deliveries can be taken, so a watcher sees an event before its deliveries.
+pub trait CommitObserver: Send + Sync + 'static {
+    /// Asked before each event is prepared: when false the backend skips the
+    /// copy it would report (nobody is watching).
+    fn wants(&self) -> bool;
+    fn committed(&self, committed: Committed);
+}
+
+impl Committed {
+    /// The report of `event` routed to `routes`, when `observer` wants it.
+    fn of(
+        observer: Option<&Arc<dyn CommitObserver>>,
+        event: &Event,
+        routes: &[Route],
+    ) -> Option<Committed> {
+        let observer = observer?;
+        if !observer.wants() {
+            return None;
+        }
+        let mut rules: Vec<String> = Vec::new();
+        for r in routes {
+            if !rules.contains(&r.rule) {
+                rules.push(r.rule.clone());
+            }
+        }
+        Some(Committed {
+            event: event.clone(),
+            rules,
+        })
+    }
+}
+
 /// A delivery of one event to one (rule, target), as stored in its queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
@@ -450,6 +492,9 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<Option<tokio::sync::mpsc::Receiver<StoredChange>>, BusError> {
         Ok(None)
     }
+
+    /// Sets the one observer told of every committed event (see [`CommitObserver`]).
+    fn observe_commits(&self, observer: Arc<dyn CommitObserver>);
 
     /// The store plugins keep their state in.
     fn kv(&self) -> Arc<dyn crate::runtime::KvBackend>;

@@ -12,7 +12,7 @@ pub mod replay;
 pub mod retry;
 pub mod stats;
 
-use crate::bus::{Bus, Delivery, Settle, now_ms};
+use crate::bus::{Bus, Delivery, Settle};
 use crate::event::{Event, EventInput, EventLimits};
 use crate::rules::transform::{TransformContext, render_target_input};
 use crate::rules::{RuleSet, Target};
@@ -36,6 +36,12 @@ pub struct DispatchConfig {
     /// Hard ceiling on workers per target, whatever a manifest asks for.
     pub max_workers_per_target: usize,
     pub event_limits: EventLimits,
+    /// Event ages and retry due times are read on this clock (a test may advance it).
+    pub clock: Arc<crate::clock::Clock>,
+    /// A `Target Metrics` delivery older than this is superseded by fresher
+    /// metrics: it is dropped (counted), not delivered stale or dead-lettered.
+    /// `None`: metrics never go stale (no metrics loop).
+    pub metrics_stale_after: Option<std::time::Duration>,
 }
 
 impl Default for DispatchConfig {
@@ -44,6 +50,8 @@ impl Default for DispatchConfig {
             hop_limit: 16,
             max_workers_per_target: 256,
             event_limits: EventLimits::default(),
+            clock: Default::default(),
+            metrics_stale_after: None,
         }
     }
 }
@@ -169,10 +177,20 @@ impl Dispatcher {
                 Some(pool) => {
                     // A manifest change moves the bounds; keep the current level inside them.
                     if pool.bounds != (min, max) || pool.default != default {
+                        let old_default = pool.default;
                         pool.bounds = (min, max);
                         pool.default = default.clamp(min, max);
                         let cur = *pool.concurrency.borrow();
-                        pool.concurrency.send_replace(cur.clamp(min, max));
+                        // A level nobody changed follows the new default: a pool made before
+                        // its plugin loaded starts at a placeholder, and the manifest's
+                        // `scaling.concurrency` must replace it. A level set by scaling stays,
+                        // kept inside the new bounds.
+                        let level = if cur == old_default {
+                            pool.default
+                        } else {
+                            cur.clamp(min, max)
+                        };
+                        pool.concurrency.send_replace(level);
                         self.grow(queue, pool, max);
                     }
                 }
@@ -320,7 +338,7 @@ impl Dispatcher {
     }
 
     async fn deliver(&self, mut d: Delivery, stats: &TargetStats) {
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         let Some((rule, target)) = self.rules.target(&d.queue) else {
             let reason = format!(
                 "rule {} or its target {} no longer exists",
@@ -331,6 +349,20 @@ impl Dispatcher {
             return;
         };
         let age_ms = (now - d.created_ms).max(0) as u64;
+        if self.superseded(&d.event, age_ms) {
+            // busbar's own metrics describe the moment they were taken; a newer one
+            // is on its way every interval. While a target's plugin is not loaded
+            // (a minute on a first start) they would otherwise age into dead letters.
+            tracing::debug!(rule = %d.rule, target = %d.target, event = %d.event.id, age_ms,
+                "metrics event superseded by fresher metrics; dropped");
+            ::metrics::counter!("busbar_metrics_events_superseded_total").increment(1);
+            let settle = Settle::Ack {
+                new_events: vec![],
+                stopped: vec![],
+            };
+            self.finish(d, settle, None, 0.0, 0).await;
+            return;
+        }
         if age_ms > target.retry.max_event_age_secs * 1000 {
             let reason = format!(
                 "maximum event age of {} s exceeded after {} attempts; last error: {}",
@@ -416,6 +448,15 @@ impl Dispatcher {
                     .await;
             }
         }
+    }
+
+    /// True for busbar's own `Target Metrics` event once older than the staleness bound.
+    fn superseded(&self, event: &Event, age_ms: u64) -> bool {
+        self.config
+            .metrics_stale_after
+            .is_some_and(|after| age_ms > after.as_millis() as u64)
+            && event.source == crate::control::METRICS_SOURCE
+            && event.detail_type == crate::control::METRICS_DETAIL_TYPE
     }
 
     /// The event as this target receives it: its detail replaced by the target's
@@ -508,7 +549,8 @@ impl Dispatcher {
     fn on_error(&self, d: &Delivery, target: &Target, e: &CallError) -> Settle {
         let retries_used = d.attempts.saturating_sub(1);
         if e.is_retryable() && retries_used < target.retry.max_retry_attempts {
-            let due_ms = now_ms() + retry::backoff_ms(&target.retry, d.attempts) as i64;
+            let due_ms =
+                self.config.clock.now_ms() + retry::backoff_ms(&target.retry, d.attempts) as i64;
             Settle::Retry {
                 due_ms,
                 error: e.to_string(),

@@ -191,3 +191,52 @@ impl Reply {
             .to_string()
     }
 }
+
+/// Polls `f` until it gives a value; panics naming `what` after `limit`.
+pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl TestServer {
+    /// `PUT /v1/rules/BUS/NAME` with `body`; panics unless it is accepted.
+    pub fn put_rule(&self, bus: &str, name: &str, body: &Value) -> Value {
+        let r = Reply::from(
+            self.client()
+                .put(format!("{}/v1/rules/{bus}/{name}", self.url))
+                .json(body)
+                .send(),
+        );
+        assert_eq!(r.status, 200, "rule {name}: {}", r.text);
+        r.json()
+    }
+
+    /// This target's entry in `/v1/targets` (queue `bus/rule/target`).
+    pub fn target(&self, queue: &str) -> Option<Value> {
+        let all = self.get("/v1/targets").json();
+        all["targets"]
+            .as_array()?
+            .iter()
+            .find(|t| t["queue"] == queue)
+            .cloned()
+    }
+
+    /// The dead letters waiting, as `/v1/dlq` lists them.
+    pub fn dead_letters(&self) -> Vec<Value> {
+        let r = self.get("/v1/dlq");
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json()["dead_letters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}

@@ -27,7 +27,7 @@ impl Inner {
             attempts: d.attempts,
             last_error: reason.to_string(),
             first_queued_at: ms_to_rfc3339(d.created_ms),
-            dead_lettered_at: ms_to_rfc3339(now_ms()),
+            dead_lettered_at: ms_to_rfc3339(self.config.clock.now_ms()),
         };
         let payload = serde_json::to_vec(&dl).map_err(|e| BusError::Store(e.to_string()))?;
         let out = Outgoing {

@@ -70,6 +70,8 @@ pub struct NatsConfig {
     /// The deliveries stream's message limit; past it the server refuses new
     /// deliveries and publishers are throttled.
     pub max_total_backlog: usize,
+    /// Queue ages and retry delays are read on this clock (a test may advance it).
+    pub clock: Arc<crate::clock::Clock>,
 }
 
 impl NatsConfig {
@@ -84,6 +86,7 @@ impl NatsConfig {
             archive_retention: Duration::ZERO,
             max_queue_backlog: 100_000,
             max_total_backlog: 1_000_000,
+            clock: Default::default(),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -121,6 +124,7 @@ pub(crate) struct Inner {
     close_tx: tokio::sync::watch::Sender<bool>,
     /// Archive scans running at once (see [`archive_scan_slots`]).
     archive_scans: tokio::sync::Semaphore,
+    observer: std::sync::OnceLock<Arc<dyn CommitObserver>>,
 }
 
 /// The bus on NATS JetStream, shared by every node connected to the same server.
@@ -213,6 +217,7 @@ impl NatsBus {
             closed: AtomicBool::new(false),
             close_tx,
             archive_scans: tokio::sync::Semaphore::new(archive_scan_slots()),
+            observer: std::sync::OnceLock::new(),
         });
         inner.refresh_stats().await;
         let stats_task = tokio::spawn(queues::stats_loop(Arc::downgrade(&inner)));
@@ -265,6 +270,7 @@ impl Inner {
         }
         let mut out = Vec::new();
         let mut added: std::collections::HashMap<String, usize> = Default::default();
+        let mut committed: Vec<Option<Committed>> = vec![None; events.len()];
         for (i, (event, base)) in events.iter().zip(ids).enumerate() {
             let payload = match serde_json::to_vec(event) {
                 Ok(p) => Bytes::from(p),
@@ -276,6 +282,7 @@ impl Inner {
             let routes = self
                 .router
                 .route_only(event, &payload, options.only_rules.as_deref());
+            committed[i] = Committed::of(self.observer.get(), event, &routes);
             let keys: Vec<String> = routes.iter().map(|r| r.queue_key(&event.bus)).collect();
             if bounded
                 && let Some(msg) = keys.iter().find_map(|k| {
@@ -321,6 +328,15 @@ impl Inner {
         }
         for (k, n) in added {
             self.queues.add_backlog(&k, n);
+        }
+        // After the server's acks: another node may take a delivery a moment before
+        // this report, so across nodes the order is best effort.
+        if let Some(o) = self.observer.get() {
+            for (c, r) in committed.into_iter().zip(&results) {
+                if let (Some(c), Ok(())) = (c, r) {
+                    o.committed(c);
+                }
+            }
         }
         results
     }
@@ -472,6 +488,12 @@ impl Bus for NatsBus {
 
     async fn expire_archive(&self, before_ms: i64) -> Result<usize, BusError> {
         archive::expire(&self.inner, before_ms).await
+    }
+
+    fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
+        if self.inner.observer.set(observer).is_err() {
+            tracing::warn!("a commit observer is already set; the new one is ignored");
+        }
     }
 
     fn kv(&self) -> Arc<dyn crate::runtime::KvBackend> {

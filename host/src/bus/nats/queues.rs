@@ -125,7 +125,7 @@ impl Inner {
                 return;
             }
         };
-        let now = now_ms();
+        let now = self.config.clock.now_ms();
         let mut fresh = std::collections::BTreeMap::new();
         let keys: Vec<String> = self.queues.known.iter().map(|k| k.key().clone()).collect();
         for key in keys {
@@ -470,7 +470,7 @@ fn delivery_of(inner: &Inner, key: &str, msg: &Message) -> Result<Delivery, Stri
         .ok_or("no plugin header")?;
     let event: Event = serde_json::from_slice(&msg.payload).map_err(|e| e.to_string())?;
     let created_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
-    let now = now_ms();
+    let now = inner.config.clock.now_ms();
     // The server counts every hand-out, including those to a node that died
     // mid-call: a delivery that keeps killing nodes still runs out of attempts.
     let attempts = (info.delivered.max(1) - 1) as u32;
@@ -547,7 +547,7 @@ async fn settle_message(
                 inner.queues.last_errors.clear();
             }
             inner.queues.last_errors.insert(d.id.clone(), error);
-            let delay = Duration::from_millis((due_ms - now_ms()).max(0) as u64);
+            let delay = Duration::from_millis((due_ms - inner.config.clock.now_ms()).max(0) as u64);
             msg.ack_with(AckKind::Nak(Some(delay)))
                 .await
                 .map_err(|e| store_err(&format!("scheduling the retry of delivery {}", d.id), e))
