@@ -45,9 +45,27 @@ pub struct ServerConfig {
     /// a busy node's resident memory once the archive outgrows it.
     pub store_cache_mib: usize,
     /// Bearer token for publishing (also accepted: the admin token). None: open.
+    /// Surrounding whitespace is ignored; an empty or blank token is refused at
+    /// start-up. While `admin_token` is unset, this token also guards `/v1`.
     pub publish_token: Option<String>,
-    /// Bearer token for `/v1` and every rule-changing call. None: open.
+    /// Bearer token for `/v1` and every rule-changing call. None: open, unless
+    /// `publish_token` is set (then that one guards `/v1` too). Surrounding
+    /// whitespace is ignored; an empty or blank token is refused at start-up.
     pub admin_token: Option<String>,
+    /// Most HTTP connections open at once. A connection beyond it gets a short
+    /// 503 and is closed at once, so those already admitted keep being served.
+    /// Lowered at start-up to what the process's file-descriptor limit allows.
+    pub max_connections: usize,
+    /// A client must send a complete request head (request line and headers)
+    /// within this many ms of connecting, or of its first byte on a kept-alive
+    /// connection; otherwise the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// A request's whole body must arrive within this many ms of its head;
+    /// otherwise the answer is 408 and the connection is closed.
+    pub body_read_timeout_ms: u64,
+    /// A kept-alive connection with no request in progress is closed after
+    /// this many ms without a byte from the client.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -61,7 +79,43 @@ impl Default for ServerConfig {
             store_cache_mib: 256,
             publish_token: None,
             admin_token: None,
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 60_000,
+            idle_timeout_ms: 60_000,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Refuses settings that would make the node unsafe or unusable, naming
+    /// the field and what to do.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (field, env, token) in [
+            ("publish_token", "BUSBAR_PUBLISH_TOKEN", &self.publish_token),
+            ("admin_token", "BUSBAR_ADMIN_TOKEN", &self.admin_token),
+        ] {
+            // An empty token would let in any request that sends an empty one.
+            if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                anyhow::bail!(
+                    "server.{field} (or {env}) is empty or only whitespace: set it to a secret, \
+                     or remove it to leave that surface open"
+                );
+            }
+        }
+        if self.max_connections == 0 {
+            anyhow::bail!("server.max_connections is 0: at least one connection must be allowed");
+        }
+        for (field, ms) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if ms == 0 {
+                anyhow::bail!("server.{field} is 0: give a time in milliseconds, such as 10000");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -261,6 +315,23 @@ mod tests {
         assert_eq!(rules[0].targets[0].plugin, "p");
         let v: serde_json::Value = serde_json::from_str(&rules[1].pattern).unwrap();
         assert_eq!(v["detail"]["amount"][0]["numeric"][1], 5);
+    }
+
+    #[test]
+    fn blank_tokens_and_zero_limits_are_refused() {
+        assert!(ServerConfig::default().validate().is_ok());
+        let blank = ServerConfig {
+            admin_token: Some(" \n".into()),
+            ..Default::default()
+        };
+        let err = blank.validate().unwrap_err().to_string();
+        assert!(err.contains("server.admin_token"), "{err}");
+        let zero = ServerConfig {
+            idle_timeout_ms: 0,
+            ..Default::default()
+        };
+        let err = zero.validate().unwrap_err().to_string();
+        assert!(err.contains("server.idle_timeout_ms"), "{err}");
     }
 
     #[test]

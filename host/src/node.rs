@@ -76,6 +76,7 @@ impl Node {
         config_path: Option<PathBuf>,
         options: StartOptions,
     ) -> anyhow::Result<Arc<Node>> {
+        config.server.validate()?;
         let limits = Limits {
             max_pattern_chars: config.limits.max_pattern_chars,
         };

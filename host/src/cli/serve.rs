@@ -84,6 +84,19 @@ pub fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Every connection is a file descriptor: without this, the default soft
+    // limit (often 1024), not server.max_connections, would bound a flood.
+    match crate::ingest::listener::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(
+                before,
+                after,
+                "raised the open-file limit to its hard limit"
+            )
+        }
+        Ok((_, limit)) => tracing::debug!(limit, "open-file limit already at its hard limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let listen = config.server.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

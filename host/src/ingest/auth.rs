@@ -1,8 +1,14 @@
 //! Bearer tokens. With `server.publish_token` set, publishing (`POST /events`,
 //! `POST /cloudevents`, PutEvents) needs the publish or the admin token; with
 //! `server.admin_token` set, `/v1/*` and every other EventBridge operation need
-//! the admin token. A surface whose token is not configured is open, and with no
-//! tokens at all the `Authorization` header is not looked at.
+//! the admin token. With only the publish token set, that token guards `/v1`
+//! too: a node given one secret has no open control plane. With no tokens at
+//! all the `Authorization` header is not looked at.
+//!
+//! Configured and presented tokens are compared the same way: surrounding
+//! whitespace trimmed on both sides (a token read from a file keeps its
+//! newline), then in constant time. An empty token is never a token: the
+//! config refuses one at start-up, and an empty header counts as no header.
 //!
 //! Where the token may be:
 //! - `Authorization: Bearer <token>`;
@@ -33,12 +39,13 @@ pub struct Denied {
 
 /// Checks the request's token for `scope`.
 pub fn check(server: &ServerConfig, headers: &HeaderMap, scope: Scope) -> Result<(), Denied> {
-    let admin = server.admin_token.as_deref();
-    let publish = server.publish_token.as_deref();
+    let admin = configured(&server.admin_token);
+    let publish = configured(&server.publish_token);
     let needed = match scope {
         Scope::Publish if publish.is_none() => return Ok(()),
-        Scope::Admin if admin.is_none() => return Ok(()),
+        Scope::Admin if admin.is_none() && publish.is_none() => return Ok(()),
         Scope::Publish => "the publish token or the admin token",
+        Scope::Admin if admin.is_none() => "the publish token (no admin token is set)",
         Scope::Admin => "the admin token",
     };
     let Some(given) = presented_token(headers) else {
@@ -53,6 +60,8 @@ pub fn check(server: &ServerConfig, headers: &HeaderMap, scope: Scope) -> Result
     let is_publish = publish.is_some_and(|t| same(t, &given));
     match scope {
         Scope::Admin if is_admin => Ok(()),
+        // The only configured token guards everything.
+        Scope::Admin if admin.is_none() && is_publish => Ok(()),
         Scope::Publish if is_admin || is_publish => Ok(()),
         Scope::Admin if is_publish => Err(Denied {
             status: StatusCode::FORBIDDEN,
@@ -67,17 +76,30 @@ pub fn check(server: &ServerConfig, headers: &HeaderMap, scope: Scope) -> Result
     }
 }
 
-/// The token a request carries, from the first place that has one.
+/// A configured token as it is compared: trimmed, and `None` when blank
+/// (start-up refuses blank tokens; this keeps `check` safe on its own).
+fn configured(token: &Option<String>) -> Option<&str> {
+    token.as_deref().map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// The token a request carries, from the first place that has one; an empty
+/// value is no token at all.
 fn presented_token(headers: &HeaderMap) -> Option<String> {
+    presented(headers)
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+fn presented(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get("x-busbar-token").and_then(|v| v.to_str().ok()) {
-        return Some(v.trim().to_string());
+        return Some(v.to_string());
     }
     let auth = headers.get("authorization")?.to_str().ok()?.trim();
     if let Some(t) = auth
         .strip_prefix("Bearer ")
         .or_else(|| auth.strip_prefix("bearer "))
     {
-        return Some(t.trim().to_string());
+        return Some(t.to_string());
     }
     if auth.starts_with("AWS4-HMAC-SHA256") {
         return sigv4_access_key(auth).map(str::to_string);
@@ -174,5 +196,27 @@ mod tests {
         );
         assert!(check(&s, &sigv4, Scope::Admin).is_ok());
         assert_eq!(sigv4_region(&sigv4).as_deref(), Some("eu-west-1"));
+    }
+
+    #[test]
+    fn blank_is_never_a_token_and_whitespace_is_trimmed() {
+        // Even if a blank token got past start-up, a blank header is no token.
+        let s = server(Some(" "), Some("adm\n"));
+        let blank = with("x-busbar-token", "");
+        assert_eq!(check(&s, &blank, Scope::Admin).unwrap_err().status, 401);
+        assert!(check(&s, &with("authorization", "Bearer adm"), Scope::Admin).is_ok());
+    }
+
+    #[test]
+    fn a_lone_publish_token_guards_the_admin_api() {
+        let s = server(Some("pub"), None);
+        let denied = check(&s, &HeaderMap::new(), Scope::Admin).unwrap_err();
+        assert_eq!(denied.status, 401);
+        assert!(
+            denied.message.contains("publish token"),
+            "{}",
+            denied.message
+        );
+        assert!(check(&s, &with("authorization", "Bearer pub"), Scope::Admin).is_ok());
     }
 }

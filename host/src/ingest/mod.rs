@@ -19,6 +19,7 @@ pub mod cloudevents;
 pub mod errors;
 pub mod health;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod native;
 pub mod tail;
@@ -45,7 +46,8 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> anyhow
 /// may take before their connections are closed.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// [`serve`] until `signal` completes (tests pass their own). Requests in
+/// [`serve`] until `signal` completes (tests pass their own), within the
+/// connection bound and timeouts of `[server]` (see [`listener`]). Requests in
 /// flight then get [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve_with_shutdown(
     node: Arc<Node>,
@@ -53,31 +55,46 @@ pub async fn serve_with_shutdown(
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    warn_if_exposed(&node.config.server, addr);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         signal.await;
         let _ = stop.send(true);
     });
-    let mut on_stop = stopped.clone();
-    let server = axum::serve(listener, router(node.clone())).with_graceful_shutdown(async move {
-        let _ = on_stop.wait_for(|s| *s).await;
-    });
-    let mut on_grace = stopped;
-    // Streams such as /v1/tail never end by themselves; without a bound they
-    // would hold the shutdown forever.
-    let grace = async move {
-        let _ = on_grace.wait_for(|s| *s).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        r = server => r.map_err(|e| anyhow::anyhow!("HTTP server on {addr} failed: {e}"))?,
-        _ = grace => tracing::warn!(
-            "closing connections still open {} s after shutdown began",
-            SHUTDOWN_GRACE.as_secs()
-        ),
-    }
+    let bounds = listener::Bounds::from_config(&node.config.server);
+    listener::serve(listener, router(node.clone()), bounds, stopped).await;
     node.bus.close();
     Ok(())
+}
+
+/// Says loudly when what the listener exposes is open to more than intended.
+fn warn_if_exposed(server: &crate::config::ServerConfig, addr: std::net::SocketAddr) {
+    let open: Vec<&str> = [
+        (server.publish_token.is_none(), "publishing"),
+        (
+            server.admin_token.is_none() && server.publish_token.is_none(),
+            "the admin API (/v1, rule changes)",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(open, what)| open.then_some(what))
+    .collect();
+    if !addr.ip().is_loopback() && !open.is_empty() {
+        tracing::warn!(
+            %addr,
+            "serving beyond this machine with no token for {}: anyone who can reach {addr} \
+             may use it; set server.publish_token and server.admin_token \
+             (BUSBAR_PUBLISH_TOKEN, BUSBAR_ADMIN_TOKEN)",
+            open.join(" and ")
+        );
+    }
+    if server.publish_token.is_some() && server.admin_token.is_none() {
+        tracing::warn!(
+            "server.publish_token is set but server.admin_token is not: the publish token \
+             also grants the admin API (/v1, rule changes); set server.admin_token to keep \
+             publishers out of it"
+        );
+    }
 }
 
 async fn shutdown_signal() {

@@ -133,18 +133,24 @@ impl Default for Scaling {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
-    /// `host` or `host:port` entries; empty means no outbound HTTP at all.
+    /// `host` or `host:port` entries; empty means no outbound HTTP at all. A
+    /// bare `host` allows the URL scheme's default port only (80, 443).
     pub allowed_hosts: Vec<String>,
+    /// IP addresses or CIDR blocks (`"127.0.0.1"`, `"10.0.0.0/8"`) that an
+    /// allowed host may resolve to although they are loopback, private,
+    /// link-local or otherwise internal; such addresses are refused otherwise.
+    /// An IP literal in `allowed_hosts` allows its own address.
+    pub allowed_networks: Vec<super::imports::AllowedNetwork>,
 }
 
 impl Http {
     /// Whether a request to `host` (lower-cased, IPv6 without brackets) on
-    /// `port` may go out. A bare `host` entry allows every port of it;
-    /// `host:port` only that port.
-    pub fn allows(&self, host: &str, port: u16) -> bool {
+    /// `port` may go out, `default_port` being its URL scheme's. A bare
+    /// `host` entry allows only `default_port`; `host:port` only that port.
+    pub fn allows(&self, host: &str, port: u16, default_port: u16) -> bool {
         self.allowed_hosts.iter().any(|entry| {
             let (h, p) = split_host_port(entry);
-            h.eq_ignore_ascii_case(host) && p.is_none_or(|p| p == port)
+            h.eq_ignore_ascii_case(host) && p.unwrap_or(default_port) == port
         })
     }
 }
@@ -400,10 +406,11 @@ webhook_url = "http://127.0.0.1:9000/notify"
         assert_eq!(m.limits.timeout_ms, 2000);
         assert_eq!(m.scaling.concurrency, 3);
         assert_eq!(m.config["webhook_url"], "http://127.0.0.1:9000/notify");
-        assert!(m.http.allows("127.0.0.1", 9000));
-        assert!(!m.http.allows("127.0.0.1", 9001));
-        assert!(m.http.allows("HOOKS.example.com", 443));
-        assert!(!m.http.allows("evil.example.com", 80));
+        assert!(m.http.allows("127.0.0.1", 9000, 80));
+        assert!(!m.http.allows("127.0.0.1", 9001, 80));
+        assert!(m.http.allows("HOOKS.example.com", 443, 443));
+        assert!(!m.http.allows("hooks.example.com", 8080, 80));
+        assert!(!m.http.allows("evil.example.com", 80, 80));
     }
 
     #[test]
@@ -470,8 +477,9 @@ webhook_url = "http://127.0.0.1:9000/notify"
         assert_eq!(split_host_port("::1"), ("::1", None));
         let http = Http {
             allowed_hosts: vec!["[::1]:8080".into()],
+            ..Http::default()
         };
-        assert!(http.allows("::1", 8080));
-        assert!(!http.allows("::1", 8081));
+        assert!(http.allows("::1", 8080, 80));
+        assert!(!http.allows("::1", 8081, 80));
     }
 }

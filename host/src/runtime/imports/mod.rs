@@ -5,6 +5,7 @@
 mod config;
 mod http;
 pub use http::client as http_client;
+pub use http::AllowedNetwork;
 mod kv;
 mod log;
 pub mod wasi;
