@@ -373,6 +373,66 @@ async fn replays_are_not_archived_and_the_archive_expires() {
     assert!(a.archive(q()).await.unwrap().events.is_empty());
 }
 
+/// Pages through `q`, following each page's cursor: the sources read and the pages it took.
+async fn every_page(bus: &NatsBus, mut q: ArchiveQuery) -> (Vec<String>, usize) {
+    let (mut sources, mut pages) = (Vec::new(), 0);
+    loop {
+        let page = bus.archive(q.clone()).await.unwrap();
+        pages += 1;
+        sources.extend(page.events.into_iter().map(|e| e.source));
+        match page.next {
+            Some(next) => q.after = Some(next),
+            None => return (sources, pages),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_pages_with_a_cursor_and_seeks_by_time() {
+    let nats = NatsServer::start();
+    let a = node(&nats.url()).await;
+    let early: Vec<String> = (0..25).map(|i| format!("early-{i}")).collect();
+    a.publish(
+        early.iter().map(|s| event(s)).collect(),
+        PublishOptions::default(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since = now_ms();
+    a.publish(vec![event("late")], PublishOptions::default())
+        .await
+        .unwrap();
+
+    // A filter that takes nothing still answers after the budget, with a cursor.
+    let none: ArchiveFilter = Arc::new(|_: &Event, _: &[u8]| false);
+    let mut q = ArchiveQuery::new(10, none);
+    q.budget.events = 4;
+    let (got, pages) = every_page(&a, q).await;
+    assert!(got.is_empty());
+    assert_eq!(pages, 7, "26 events read 4 a page");
+
+    // Limit and budget together reach every event once, in order.
+    let mut q = ArchiveQuery::new(3, all());
+    q.budget.events = 5;
+    let (got, _) = every_page(&a, q).await;
+    let mut want = early.clone();
+    want.push("late".into());
+    assert_eq!(got, want);
+
+    // `since` starts at its first event, and a cursor before it does not widen the range.
+    let mut q = ArchiveQuery::new(10, all());
+    q.since_ms = Some(since);
+    q.budget.events = 1;
+    // One event read is enough: JetStream starts the scan at `since`.
+    let page = a.archive(q.clone()).await.unwrap();
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].source, "late");
+    let first = a.archive(ArchiveQuery::new(1, all())).await.unwrap();
+    q.after = first.next;
+    assert_eq!(every_page(&a, q).await.0, vec!["late".to_string()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queues_throttle_publishers() {
     let nats = NatsServer::start();
