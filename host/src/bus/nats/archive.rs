@@ -19,16 +19,21 @@ pub(super) async fn query(inner: &Inner, q: ArchiveQuery) -> Result<ArchivePage,
         .acquire()
         .await
         .map_err(|_| BusError::Closed)?;
-    let start = match (q.after, q.since_ms) {
-        // Sequences and times grow together: past the cursor is past `since` too.
+    let since = q.since_ms.filter(|&ms| ms > 0);
+    // Sequences and times grow together: resume by sequence past the cursor, or by
+    // time at `since` when that is later (a cursor from before the range).
+    let resume = q
+        .after
+        .filter(|c| since.is_none_or(|s| c.time_ms as i64 >= s));
+    let start = match (resume, since) {
         (Some(c), _) => consumer::DeliverPolicy::ByStartSequence {
             start_sequence: c.seq.saturating_add(1),
         },
-        (None, Some(ms)) if ms > 0 => consumer::DeliverPolicy::ByStartTime {
+        (None, Some(ms)) => consumer::DeliverPolicy::ByStartTime {
             start_time: time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
                 .map_err(|e| BusError::Invalid(format!("archive start {ms}: {e}")))?,
         },
-        _ => consumer::DeliverPolicy::All,
+        (None, None) => consumer::DeliverPolicy::All,
     };
     let since = q.since_ms.unwrap_or(i64::MIN);
     let until = q.until_ms.unwrap_or(i64::MAX);
