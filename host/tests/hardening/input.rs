@@ -24,12 +24,22 @@ fn post_cloudevent(s: &TestServer, event: &Value) -> Reply {
     )
 }
 
-fn post_cloudevents_batch(s: &TestServer, events: &[Value]) -> Reply {
-    s.post_raw(
+/// Sends a CloudEvents batch of an ordinary event and `bad`: the first is
+/// accepted, `bad` refused on its own with `code`, its message naming its place
+/// in the batch and containing every one of `needles`.
+fn assert_batch_refuses_second(s: &TestServer, bad: Value, code: &str, needles: &[&str]) {
+    let batch = json!([cloudevent("shop", "OrderPlaced", json!({})), bad]);
+    let r = s.post_raw(
         "/cloudevents",
         "application/cloudevents-batch+json",
-        json!(events).to_string().into_bytes(),
-    )
+        batch.to_string().into_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let body = r.json();
+    assert!(body["entries"][0]["id"].is_string(), "{body}");
+    let mut needles = needles.to_vec();
+    needles.push("event 1 of the batch");
+    assert_entry_refused(&body["entries"][1], code, &needles);
 }
 
 /// A binary-mode CloudEvent: `headers` are the `ce-*` attributes, `data` the JSON body.
@@ -147,20 +157,11 @@ fn clients_cannot_publish_busbar_sources_on_any_surface() {
         &json!({"targets": []}),
     );
     assert_refused(&r, "ReservedSource", &["\"busbar\"", reserved]);
-    let r = post_cloudevents_batch(
+    assert_batch_refuses_second(
         &s,
-        &[
-            cloudevent("shop", "OrderPlaced", json!({})),
-            cloudevent("BUSBAR.autoscaler", "ScaleTarget", forged_scale_detail()),
-        ],
-    );
-    assert_eq!(r.status, 200, "{}", r.text);
-    let body = r.json();
-    assert!(body["entries"][0]["id"].is_string(), "{body}");
-    assert_entry_refused(
-        &body["entries"][1],
+        cloudevent("BUSBAR.autoscaler", "ScaleTarget", forged_scale_detail()),
         "ReservedSource",
-        &["event 1 of the batch", "\"BUSBAR.autoscaler\"", reserved],
+        &["\"BUSBAR.autoscaler\"", reserved],
     );
 
     // None of them reached the store; the three ordinary neighbours did.
@@ -376,15 +377,7 @@ fn cloudevents_extensions_count_toward_the_entry_size() {
     );
     assert_refused(&r, "EntryTooLarge", &[limit]);
 
-    let r = post_cloudevents_batch(&s, &[cloudevent("shop", "T", json!({})), structured]);
-    assert_eq!(r.status, 200, "{}", r.text);
-    let body = r.json();
-    assert!(body["entries"][0]["id"].is_string(), "{body}");
-    assert_entry_refused(
-        &body["entries"][1],
-        "EntryTooLarge",
-        &["event 1 of the batch", limit],
-    );
+    assert_batch_refuses_second(&s, structured, "EntryTooLarge", &[limit]);
 
     // A small extension still goes through and is kept.
     let mut small = cloudevent("shop", "T", json!({}));
