@@ -38,8 +38,10 @@ fn a_target_made_before_its_plugin_loads_takes_the_manifest_concurrency() {
         "payment-check",
         Some(&manifest),
     );
-    let after = eventually("payment-check to load", Duration::from_secs(60), || {
-        s.target(queue).filter(|t| t["plugin_loaded"] == true)
+    eventually("payment-check to load", Duration::from_secs(60), || {
+        s.target(queue)
+            .filter(|t| t["plugin_loaded"] == true)
+            .map(|_| ())
     });
     // The reconcile that follows the load may land a moment after the load itself.
     let after = eventually(
