@@ -496,8 +496,25 @@ fn entry_event(ctx: &Ctx<'_>, i: usize, v: Value) -> std::result::Result<Event, 
             "ReservedSource" => "NotAuthorizedForSourceException",
             code => code,
         },
-        message: format!("Entries[{i}]: {}", err.message),
+        message: format!("Entries[{i}]: {}", member_named(err.message)),
     })
+}
+
+/// An envelope error as the PutEvents caller knows the field: by its member
+/// name (`DetailType`, not `detail-type`).
+fn member_named(message: String) -> String {
+    const MEMBERS: [(&str, &str); 4] = [
+        ("detail-type ", "DetailType "),
+        ("source ", "Source "),
+        ("resources", "Resources"),
+        ("time ", "Time "),
+    ];
+    for (field, member) in MEMBERS {
+        if let Some(rest) = message.strip_prefix(field) {
+            return format!("{member}{rest}");
+        }
+    }
+    message
 }
 
 /// The size of a PutEvents entry as it arrived, for one that could not be
