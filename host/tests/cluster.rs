@@ -7,8 +7,8 @@ mod nats_server;
 
 use busbar::bus::nats::{NatsBus, NatsConfig};
 use busbar::bus::{
-    ArchiveFilter, ArchiveQuery, Bus, Delivery, PublishError, PublishOptions, Route, Router,
-    Settle, StoredChange, now_ms,
+    ArchiveFilter, ArchivePages, ArchiveQuery, Bus, Delivery, PublishError, PublishOptions, Route,
+    Router, Settle, StoredChange, now_ms,
 };
 use busbar::event::{Event, EventInput, EventLimits};
 use busbar::rules::{BusInfo, Rule, RuleOrigin, RuleState};
@@ -373,18 +373,14 @@ async fn replays_are_not_archived_and_the_archive_expires() {
     assert!(a.archive(q()).await.unwrap().events.is_empty());
 }
 
-/// Pages through `q`, following each page's cursor: the sources read and the pages it took.
-async fn every_page(bus: &NatsBus, mut q: ArchiveQuery) -> (Vec<String>, usize) {
-    let (mut sources, mut pages) = (Vec::new(), 0);
-    loop {
-        let page = bus.archive(q.clone()).await.unwrap();
+/// Pages through `q`: the events' sources and how many pages it took.
+async fn every_page(bus: &NatsBus, q: ArchiveQuery) -> (Vec<String>, usize) {
+    let (mut sources, mut pages, mut reader) = (Vec::new(), 0, ArchivePages::new(q));
+    while let Some(events) = reader.next(bus).await.unwrap() {
         pages += 1;
-        sources.extend(page.events.into_iter().map(|e| e.source));
-        match page.next {
-            Some(next) => q.after = Some(next),
-            None => return (sources, pages),
-        }
+        sources.extend(events.into_iter().map(|e| e.source));
     }
+    (sources, pages)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

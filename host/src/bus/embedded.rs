@@ -1253,19 +1253,14 @@ mod tests {
         Arc::new(|_: &Event, _: &[u8]| true)
     }
 
-    /// Pages through `q`, following each page's cursor; returns the events' sources
-    /// and how many pages it took.
-    async fn every_page(bus: &EmbeddedBus, mut q: ArchiveQuery) -> (Vec<String>, usize) {
-        let (mut sources, mut pages) = (Vec::new(), 0);
-        loop {
-            let page = bus.archive(q.clone()).await.unwrap();
+    /// Pages through `q`: the events' sources and how many pages it took.
+    async fn every_page(bus: &EmbeddedBus, q: ArchiveQuery) -> (Vec<String>, usize) {
+        let (mut sources, mut pages, mut reader) = (Vec::new(), 0, ArchivePages::new(q));
+        while let Some(events) = reader.next(bus).await.unwrap() {
             pages += 1;
-            sources.extend(page.events.into_iter().map(|e| e.source));
-            match page.next {
-                Some(next) => q.after = Some(next),
-                None => return (sources, pages),
-            }
+            sources.extend(events.into_iter().map(|e| e.source));
         }
+        (sources, pages)
     }
 
     #[tokio::test]

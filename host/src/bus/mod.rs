@@ -296,6 +296,32 @@ pub struct ArchivePage {
     pub next: Option<ArchiveCursor>,
 }
 
+/// Reads an archive query page after page, following each page's cursor, so a
+/// caller reaches every event of the range with one page in memory.
+pub struct ArchivePages {
+    query: ArchiveQuery,
+    done: bool,
+}
+
+impl ArchivePages {
+    pub fn new(query: ArchiveQuery) -> ArchivePages {
+        ArchivePages { query, done: false }
+    }
+
+    /// The next page's events (possibly none); `None` once the range is read to its end.
+    pub async fn next(&mut self, bus: &dyn Bus) -> Result<Option<Vec<Event>>, BusError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = bus.archive(self.query.clone()).await?;
+        match page.next {
+            Some(next) => self.query.after = Some(next),
+            None => self.done = true,
+        }
+        Ok(Some(page.events))
+    }
+}
+
 /// A position in the archive: the last event a page read. Both backends order
 /// their archive by it: the embedded store keys events by (time received,
 /// sequence); JetStream by stream sequence, whose times only grow.

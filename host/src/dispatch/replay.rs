@@ -4,7 +4,7 @@
 //! reads its range a page at a time, following the archive's cursor, so it
 //! reaches every event of the range with one page in memory.
 
-use crate::bus::{ArchiveFilter, ArchiveQuery, PublishOptions};
+use crate::bus::{ArchiveFilter, ArchivePages, ArchiveQuery, PublishOptions};
 use crate::node::Node;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
@@ -163,40 +163,31 @@ impl Replays {
         let wanted = bus.to_string();
         let filter: ArchiveFilter =
             Arc::new(move |e: &crate::event::Event, _: &[u8]| e.bus == wanted);
-        let mut query = ArchiveQuery {
+        let mut pages = ArchivePages::new(ArchiveQuery {
             since_ms: Some(since_ms),
             until_ms: Some(until_ms),
             ..ArchiveQuery::new(BATCH, filter)
-        };
-        loop {
-            let page = node
-                .bus
-                .archive(query.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            if !page.events.is_empty() {
-                let batch: Vec<_> = page
-                    .events
-                    .into_iter()
-                    .map(|mut e| {
-                        e.replay_name = Some(name.to_string());
-                        e
-                    })
-                    .collect();
-                let options = PublishOptions {
-                    skip_archive: true,
-                    only_rules: rules.clone(),
-                };
-                let results = node.publish_with(batch, options).await;
-                let ok = results.iter().filter(|r| r.is_ok()).count();
-                if let Some(mut s) = self.all.get_mut(name) {
-                    s.replayed += ok;
-                    s.failed += results.len() - ok;
-                }
+        });
+        while let Some(events) = pages.next(&*node.bus).await.map_err(|e| e.to_string())? {
+            if events.is_empty() {
+                continue;
             }
-            match page.next {
-                Some(next) => query.after = Some(next),
-                None => break,
+            let batch: Vec<_> = events
+                .into_iter()
+                .map(|mut e| {
+                    e.replay_name = Some(name.to_string());
+                    e
+                })
+                .collect();
+            let options = PublishOptions {
+                skip_archive: true,
+                only_rules: rules.clone(),
+            };
+            let results = node.publish_with(batch, options).await;
+            let ok = results.iter().filter(|r| r.is_ok()).count();
+            if let Some(mut s) = self.all.get_mut(name) {
+                s.replayed += ok;
+                s.failed += results.len() - ok;
             }
         }
         Ok(())

@@ -323,3 +323,28 @@ fn a_cursor_that_is_not_one_is_refused_with_the_reason() {
         "{message}"
     );
 }
+
+#[test]
+fn a_replay_pages_through_its_whole_range() {
+    let s = TestServer::start();
+    let since = busbar::bus::now_ms();
+    // More than two of the replay's pages (500 events each).
+    fill(&s, events(1_234, "replayed"));
+    let until = busbar::bus::now_ms();
+    let r = s.post_json(
+        "/v1/replays",
+        &json!({"name": "whole-range", "since": at(since), "until": at(until)}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    let started = Instant::now();
+    let status = loop {
+        let status = s.get("/v1/replays/whole-range").json();
+        if status["state"] != "running" || started.elapsed() > Duration::from_secs(30) {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status["state"], "completed", "{status}");
+    assert_eq!(status["replayed"], 1_234, "{status}");
+    assert_eq!(status["failed"], 0, "{status}");
+}
