@@ -6,8 +6,8 @@
 //! `ingest` -> `bus` -> `pattern`/`rules` -> `dispatch` -> `runtime`.
 
 pub mod bus;
-pub mod clock;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod dispatch;

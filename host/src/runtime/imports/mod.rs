@@ -4,8 +4,8 @@
 
 mod config;
 mod http;
-pub use http::client as http_client;
 pub use http::AllowedNetwork;
+pub use http::client as http_client;
 mod kv;
 mod log;
 pub mod wasi;
