@@ -9,8 +9,9 @@
 //! Files, one job each: `engine.rs` (engine + epoch ticker), `cache.rs`
 //! (compiled cache), `manifest.rs`, `registry.rs` (load / swap / status),
 //! `watch.rs` (notify + debounce), `pool.rs` (versions and instances),
-//! `call.rs` (one call, limits, error classification), `imports/` (what
-//! guests can call), `kv.rs` (plugin state), `errors.rs`.
+//! `call.rs` (one call, limits), `classify.rs` (naming a failed call),
+//! `call_metrics.rs`, `imports/` (what guests can call), `kv.rs` (plugin
+//! state), `errors.rs`.
 //!
 //! Calls are executed on async fibers, driven by a `block_on` on the calling
 //! thread: that is what lets the wall-clock timeout cancel a guest that is
@@ -19,6 +20,8 @@
 
 mod cache;
 mod call;
+mod call_metrics;
+mod classify;
 mod engine;
 mod errors;
 mod imports;
@@ -285,6 +288,12 @@ impl Runtime {
             v.instances_created
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+
+    /// Instances of `plugin` alive now, idle or in a call, over all its
+    /// versions (`None`: no plugin of that name was ever seen).
+    pub fn live_instances(&self, plugin: &str) -> Option<u32> {
+        Some(self.plugins.get(plugin)?.slots.live())
     }
 
     /// Loads run on blocking threads and need an owned handle; every Runtime

@@ -16,7 +16,7 @@
 //! the engine is full, and a manifest whose `max_instances` could never be
 //! granted next to the other plugins' reservations is refused at load.
 
-use super::call::CallMetrics;
+use super::call_metrics::CallMetrics;
 use super::engine::{self, EngineLimits};
 use super::errors::{CallError, FailureKind};
 use super::imports::bindings::{Handler, HandlerPre};
@@ -460,7 +460,7 @@ enum InstantiateError {
 }
 
 fn instantiate_error(plugin: &str, e: wasmtime::Error, store: &Store<State>) -> CallError {
-    let mut failure = super::call::classify(plugin, e, store.data());
+    let mut failure = super::classify::classify(plugin, e, store.data());
     if let CallError::Failed { message, .. } = &mut failure {
         message.insert_str(0, "while instantiating: ");
     }
