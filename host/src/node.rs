@@ -6,6 +6,7 @@
 use crate::bus::embedded::{EmbeddedBus, EmbeddedConfig};
 use crate::bus::{Bus, PublishError, PublishOptions};
 use crate::config::Config;
+use crate::control::{ControlHandler, Scaler};
 use crate::dispatch::{DeliveryOutcome, DispatchConfig, Dispatcher};
 use crate::event::{Event, EventLimits};
 use crate::pattern::Limits;
@@ -36,7 +37,8 @@ pub struct Node {
     pub rules: Arc<RuleSet>,
     pub runtime: Arc<Runtime>,
     pub dispatcher: Arc<Dispatcher>,
-    pub control: Arc<crate::control::Control>,
+    /// The control target's handler (registered with the dispatcher).
+    pub control: Arc<ControlHandler>,
     pub replays: Arc<crate::dispatch::replay::Replays>,
     pub event_limits: EventLimits,
     pub tail: broadcast::Sender<TailItem>,
@@ -169,6 +171,12 @@ impl Node {
                 ..Default::default()
             },
         );
+        // The control target is a built-in handler that scales the dispatcher's
+        // targets; it holds the dispatcher weakly, since the dispatcher holds it.
+        let scaler: std::sync::Weak<dyn Scaler> = Arc::<Dispatcher>::downgrade(&dispatcher);
+        let control = Arc::new(ControlHandler::new(scaler, runtime.clone()));
+        dispatcher.register_handler(crate::control::CONTROL_PLUGIN, control.clone());
+        crate::control::start(&control, &runtime);
         dispatcher.start();
         let node = Arc::new(Node {
             config,
@@ -176,7 +184,7 @@ impl Node {
             bus,
             rules,
             runtime,
-            control: dispatcher.control.clone(),
+            control,
             dispatcher,
             replays: Default::default(),
             event_limits,
@@ -187,7 +195,7 @@ impl Node {
         node.spawn_tail_forwarder();
         node.spawn_retention();
         node.spawn_config_watch();
-        crate::control::start(&node);
+        crate::control::metrics::spawn(node.clone());
         Ok(node)
     }
 

@@ -1,15 +1,74 @@
 //! The metrics loop: one `Target Metrics` event per bus every interval, the
 //! autoscaler's input, published on the bus like any event (so it is archived,
 //! visible in `busbar tail`, and can feed any rule).
+//!
+//! The detail is a typed projection ([`MetricsDetail`]) of the dispatcher's
+//! [`TargetView`]s; its field names are the contract the autoscaler plugin
+//! (`plugins/autoscaler`) parses.
 
 use super::{METRICS_DETAIL_TYPE, METRICS_SOURCE};
+use crate::dispatch::TargetView;
 use crate::event::EventInput;
 use crate::node::Node;
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The detail of one bus's `Target Metrics` event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsDetail {
+    pub bus: String,
+    pub targets: Vec<TargetMetrics>,
+    /// The plugins serving those targets, each once.
+    pub plugins: Vec<PluginInstances>,
+}
+
+/// One target in a `Target Metrics` event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetMetrics {
+    /// `<rule>/<target id>`: what a `ScaleTarget` decision names.
+    pub target: String,
+    pub plugin: String,
+    pub backlog: usize,
+    pub in_flight: usize,
+    pub concurrency: usize,
+    pub min_concurrency: usize,
+    pub max_concurrency: usize,
+    pub processed_per_sec: f64,
+    pub error_rate: f64,
+    pub p99_ms: f64,
+    pub oldest_age_ms: u64,
+}
+
+impl From<&TargetView> for TargetMetrics {
+    fn from(v: &TargetView) -> TargetMetrics {
+        TargetMetrics {
+            target: v.scaling_name(),
+            plugin: v.plugin.clone(),
+            backlog: v.backlog,
+            in_flight: v.in_flight,
+            concurrency: v.concurrency,
+            min_concurrency: v.min_concurrency,
+            max_concurrency: v.max_concurrency,
+            // Two decimals: enough for a policy, and short in `busbar tail`.
+            processed_per_sec: round2(v.stats.processed_per_sec),
+            error_rate: round2(v.stats.error_rate),
+            p99_ms: round2(v.stats.p99_ms),
+            oldest_age_ms: v.oldest_age_ms,
+        }
+    }
+}
+
+/// How many instances of a plugin are alive.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PluginInstances {
+    pub name: String,
+    pub instances: u32,
+}
+
+/// Publishes the metrics events of `node` every `metrics.interval_secs`
+/// (never when that is 0).
 pub fn spawn(node: Arc<Node>) {
     let secs = node.config.metrics.interval_secs;
     if secs == 0 {
@@ -26,69 +85,42 @@ pub fn spawn(node: Arc<Node>) {
     });
 }
 
-/// Builds the metrics detail of every bus that has targets.
-pub fn snapshot(node: &Node) -> BTreeMap<String, Value> {
-    let queues: BTreeMap<String, crate::bus::QueueStats> = node
-        .bus
-        .queue_stats()
-        .into_iter()
-        .map(|q| (q.queue.clone(), q))
-        .collect();
-    let instances: BTreeMap<String, Value> = node
-        .runtime
-        .status()
-        .into_iter()
-        .filter_map(|s| {
-            let v = serde_json::to_value(&s).ok()?;
-            let name = v.get("name")?.as_str()?.to_string();
-            let live = v
-                .get("instances")
-                .or_else(|| v.get("live_instances"))
-                .cloned()
-                .unwrap_or(json!(0));
-            Some((name, live))
-        })
-        .collect();
-    let mut per_bus: BTreeMap<String, (Vec<Value>, BTreeMap<String, Value>)> = BTreeMap::new();
-    let snapshot = node.rules.snapshot();
-    for (info, stats) in node.dispatcher.pools() {
-        let Some((rule, target)) = snapshot.targets.get(&info.queue) else {
-            continue;
-        };
-        let q = queues.get(&info.queue).cloned().unwrap_or_default();
-        let s = stats.snapshot();
-        let entry = per_bus.entry(rule.bus.clone()).or_default();
-        entry.0.push(json!({
-            "target": format!("{}/{}", rule.name, target.id),
-            "plugin": info.plugin,
-            "backlog": q.backlog,
-            "in_flight": q.in_flight,
-            "concurrency": info.concurrency,
-            "min_concurrency": info.min_concurrency,
-            "max_concurrency": info.max_concurrency,
-            "processed_per_sec": round2(s.processed_per_sec),
-            "error_rate": round2(s.error_rate),
-            "p99_ms": round2(s.p99_ms),
-            "oldest_age_ms": q.oldest_age_ms,
-        }));
-        ::metrics::gauge!("busbar_target_backlog", "target" => info.queue.clone())
-            .set(q.backlog as f64);
-        ::metrics::gauge!("busbar_target_in_flight", "target" => info.queue.clone())
-            .set(q.in_flight as f64);
-        ::metrics::gauge!("busbar_target_concurrency", "target" => info.queue.clone())
-            .set(info.concurrency as f64);
-        if let Some(n) = instances.get(&info.plugin) {
-            entry.1.insert(info.plugin.clone(), n.clone());
+/// The metrics detail of every bus that has a target with workers, from the
+/// targets' views and the live instance count of a plugin by name (`None`
+/// for a name that is not a plugin, such as a built-in handler's).
+pub fn snapshot(
+    views: &[TargetView],
+    instances: impl Fn(&str) -> Option<u32>,
+) -> BTreeMap<String, MetricsDetail> {
+    let mut per_bus: BTreeMap<String, (Vec<TargetMetrics>, BTreeMap<String, u32>)> =
+        BTreeMap::new();
+    // Only a target with workers can be scaled; one without is a rule change
+    // the dispatcher has not caught up with yet.
+    for view in views.iter().filter(|v| v.has_pool()) {
+        ::metrics::gauge!("busbar_target_backlog", "target" => view.queue.clone())
+            .set(view.backlog as f64);
+        ::metrics::gauge!("busbar_target_in_flight", "target" => view.queue.clone())
+            .set(view.in_flight as f64);
+        ::metrics::gauge!("busbar_target_concurrency", "target" => view.queue.clone())
+            .set(view.concurrency as f64);
+        let (targets, plugins) = per_bus.entry(view.bus.clone()).or_default();
+        targets.push(TargetMetrics::from(view));
+        if let Some(n) = instances(&view.plugin) {
+            plugins.insert(view.plugin.clone(), n);
         }
     }
     per_bus
         .into_iter()
         .map(|(bus, (targets, plugins))| {
-            let plugins: Vec<Value> = plugins
+            let plugins = plugins
                 .into_iter()
-                .map(|(name, n)| json!({"name": name, "instances": n}))
+                .map(|(name, instances)| PluginInstances { name, instances })
                 .collect();
-            let detail = json!({"bus": bus, "targets": targets, "plugins": plugins});
+            let detail = MetricsDetail {
+                bus: bus.clone(),
+                targets,
+                plugins,
+            };
             (bus, detail)
         })
         .collect()
@@ -100,8 +132,16 @@ fn round2(x: f64) -> f64 {
 
 /// Publishes the metrics events once (the loop's body; tests call it directly).
 pub async fn publish_once(node: &Node) {
+    let views = node.dispatcher.targets();
     let mut events = Vec::new();
-    for (bus, detail) in snapshot(node) {
+    for (bus, detail) in snapshot(&views, |plugin| node.runtime.live_instances(plugin)) {
+        let detail = match serde_json::to_value(&detail) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, bus, "metrics event not published");
+                continue;
+            }
+        };
         let input = EventInput {
             source: Some(METRICS_SOURCE.into()),
             detail_type: Some(METRICS_DETAIL_TYPE.into()),
@@ -118,5 +158,90 @@ pub async fn publish_once(node: &Node) {
         if let Err(e) = r {
             tracing::warn!(error = e.message(), "metrics event not published");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::stats::StatsSnapshot;
+
+    fn view(bus: &str, rule: &str, plugin: &str, concurrency: usize) -> TargetView {
+        TargetView {
+            queue: format!("{bus}/{rule}/t"),
+            bus: bus.into(),
+            rule: rule.into(),
+            target: "t".into(),
+            plugin: plugin.into(),
+            concurrency,
+            min_concurrency: 1,
+            max_concurrency: 8,
+            backlog: 40,
+            in_flight: 2,
+            oldest_age_ms: 75,
+            stats: StatsSnapshot {
+                processed_total: 10,
+                errors_total: 0,
+                processed_per_sec: 12.3456,
+                error_rate: 0.0,
+                p50_ms: 1.0,
+                p99_ms: 0.456,
+            },
+            plugin_loaded: true,
+            last_scaling: None,
+        }
+    }
+
+    /// The autoscaler parses these names (plugins/autoscaler/src/lib.rs):
+    /// renaming one silently stops it scaling.
+    #[test]
+    fn detail_field_names_are_the_autoscalers_contract() {
+        let views = [
+            view("default", "orders", "payment-check", 2),
+            view("default", "scale", crate::control::CONTROL_PLUGIN, 1),
+            view("default", "new", "payment-check", 0),
+            view("audit", "all", "rewards", 1),
+        ];
+        let details = snapshot(&views, |p| {
+            (p != crate::control::CONTROL_PLUGIN).then_some(3)
+        });
+        assert_eq!(details.keys().collect::<Vec<_>>(), ["audit", "default"]);
+        let json = serde_json::to_value(&details["default"]).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "bus": "default",
+                "targets": [
+                    {
+                        "target": "orders/t",
+                        "plugin": "payment-check",
+                        "backlog": 40,
+                        "in_flight": 2,
+                        "concurrency": 2,
+                        "min_concurrency": 1,
+                        "max_concurrency": 8,
+                        "processed_per_sec": 12.35,
+                        "error_rate": 0.0,
+                        "p99_ms": 0.46,
+                        "oldest_age_ms": 75
+                    },
+                    {
+                        "target": "scale/t",
+                        "plugin": "busbar:control",
+                        "backlog": 40,
+                        "in_flight": 2,
+                        "concurrency": 1,
+                        "min_concurrency": 1,
+                        "max_concurrency": 8,
+                        "processed_per_sec": 12.35,
+                        "error_rate": 0.0,
+                        "p99_ms": 0.46,
+                        "oldest_age_ms": 75
+                    }
+                ],
+                // The target without a pool is left out; the built-in has no instances.
+                "plugins": [{"name": "payment-check", "instances": 3}]
+            })
+        );
     }
 }

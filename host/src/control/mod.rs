@@ -3,8 +3,10 @@
 //! Every few seconds the metrics loop publishes one `Target Metrics` event per
 //! bus (source `busbar`). An ordinary rule sends it to the autoscaler plugin,
 //! whose `ScaleTarget` answers another ordinary rule sends to the built-in
-//! control target [`CONTROL_PLUGIN`]. That target sets the target's
-//! concurrency, clamped to the bounds of its plugin's manifest. The policy is
+//! control target [`CONTROL_PLUGIN`]. That target is an ordinary dispatch
+//! [`Handler`] ([`ControlHandler`], registered under that name by the node's
+//! wiring): it sets the target's concurrency through a [`Scaler`] (the
+//! dispatcher), clamped to the bounds of its plugin's manifest. The policy is
 //! therefore a plugin: replacing `autoscaler.wasm` changes it live, and
 //! removing it puts the targets it scaled back at their manifest defaults.
 //!
@@ -16,11 +18,15 @@
 
 pub mod metrics;
 
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Bounds, Dispatcher, Handler, HandlerError, ScalingDecision};
+use crate::event::Event;
+use crate::runtime::{Delivery, NewEvent, RegistryChange, Runtime};
+use async_trait::async_trait;
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use tokio::sync::broadcast::error::RecvError;
 
 /// The `plugin` of a rule target that applies `ScaleTarget` events in the host.
 pub const CONTROL_PLUGIN: &str = "busbar:control";
@@ -42,47 +48,81 @@ pub struct ScaleTarget {
     pub reason: Option<String>,
 }
 
-/// The last scaling decision applied to a target.
-#[derive(Debug, Clone, Serialize)]
-pub struct Decision {
-    pub at: String,
-    pub from: usize,
-    pub requested: i64,
-    pub applied: usize,
-    pub clamped: bool,
-    pub reason: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub by: Option<String>,
+/// What the control target needs of whoever runs the targets' workers.
+pub trait Scaler: Send + Sync {
+    /// Sets `queue`'s concurrency, clamped to its bounds; returns the level
+    /// before and the one applied, or `None` when there is no such target.
+    fn set_concurrency(&self, queue: &str, desired: usize) -> Option<(usize, usize)>;
+    /// Remembers the decision behind `queue`'s current level (for its view).
+    fn record_scaling(&self, queue: &str, decision: ScalingDecision);
+    /// Puts `queue` back at its default level and forgets its decision;
+    /// returns that level, or `None` when there is no such target.
+    fn reset_concurrency(&self, queue: &str) -> Option<usize>;
 }
 
-/// Applies scaling decisions and remembers them.
-#[derive(Default)]
-pub struct Control {
-    decisions: DashMap<String, Decision>,
+impl Scaler for Dispatcher {
+    fn set_concurrency(&self, queue: &str, desired: usize) -> Option<(usize, usize)> {
+        Dispatcher::set_concurrency(self, queue, desired)
+    }
+    fn record_scaling(&self, queue: &str, decision: ScalingDecision) {
+        Dispatcher::record_scaling(self, queue, decision)
+    }
+    fn reset_concurrency(&self, queue: &str) -> Option<usize> {
+        Dispatcher::reset_concurrency(self, queue)
+    }
+}
+
+/// The control target: applies `ScaleTarget` events and remembers which
+/// plugin's decisions are in force.
+pub struct ControlHandler {
+    /// Weak: the dispatcher holds this handler, so a strong reference back
+    /// would keep both (and the store under them) alive forever.
+    scaler: Weak<dyn Scaler>,
+    /// Producers' manifests are read here, as loaded at the moment of each decision.
+    runtime: Arc<Runtime>,
     /// Plugins whose decisions are in force, to undo them when such a plugin goes away.
     deciders: DashMap<String, HashSet<String>>,
 }
 
-impl Control {
-    pub fn decision(&self, queue: &str) -> Option<Decision> {
-        self.decisions.get(queue).map(|d| d.clone())
+impl ControlHandler {
+    pub fn new(scaler: Weak<dyn Scaler>, runtime: Arc<Runtime>) -> ControlHandler {
+        ControlHandler {
+            scaler,
+            runtime,
+            deciders: DashMap::new(),
+        }
+    }
+
+    fn scaler(&self) -> Result<Arc<dyn Scaler>, String> {
+        self.scaler.upgrade().ok_or_else(|| {
+            "scaling decision not applied: the dispatcher is shutting down".to_string()
+        })
     }
 
     /// Applies one `ScaleTarget` event. `Err` is a permanent refusal: the
     /// delivery is dead-lettered with that reason.
     pub fn apply(
         &self,
-        dispatcher: &Dispatcher,
         event_bus: &str,
         detail: &serde_json::Value,
         producer: Option<&str>,
-    ) -> Result<Decision, String> {
-        authorize(dispatcher.runtime(), producer).inspect_err(|reason| {
+    ) -> Result<ScalingDecision, String> {
+        authorize(&self.runtime, producer).inspect_err(|reason| {
             tracing::warn!(producer = producer.unwrap_or("-"), %reason,
                 "scaling decision refused");
             ::metrics::counter!("busbar_scaling_decisions_refused_total").increment(1);
         })?;
-        let st: ScaleTarget = serde_json::from_value(detail.clone()).map_err(|e| {
+        self.scale(event_bus, detail, producer)
+    }
+
+    /// Applies an authorised decision.
+    fn scale(
+        &self,
+        event_bus: &str,
+        detail: &serde_json::Value,
+        producer: Option<&str>,
+    ) -> Result<ScalingDecision, String> {
+        let st = ScaleTarget::deserialize(detail).map_err(|e| {
             format!("ScaleTarget detail must be {{target, desired_concurrency, reason}}: {e}")
         })?;
         let bus = st.bus.as_deref().unwrap_or(event_bus);
@@ -94,14 +134,15 @@ impl Control {
         };
         let queue = crate::rules::queue_key(bus, rule, target);
         let desired = st.desired_concurrency.max(0) as usize;
-        let Some((from, applied)) = dispatcher.set_concurrency(&queue, desired) else {
+        let scaler = self.scaler()?;
+        let Some((from, applied)) = scaler.set_concurrency(&queue, desired) else {
             return Err(format!(
                 "ScaleTarget for unknown target {} on bus {bus}",
                 st.target
             ));
         };
         let clamped = applied as i64 != st.desired_concurrency;
-        let decision = Decision {
+        let decision = ScalingDecision {
             at: crate::event::now_rfc3339(),
             from,
             requested: st.desired_concurrency,
@@ -122,29 +163,59 @@ impl Control {
                 .or_default()
                 .insert(queue.clone());
         }
-        self.decisions.insert(queue, decision.clone());
+        scaler.record_scaling(&queue, decision.clone());
         Ok(decision)
     }
 
     /// A plugin went away: targets it scaled return to their manifest defaults.
-    pub fn forget_decider(&self, dispatcher: &Dispatcher, plugin: &str) {
+    pub fn forget_decider(&self, plugin: &str) {
         let Some((_, queues)) = self.deciders.remove(plugin) else {
             return;
         };
+        let Ok(scaler) = self.scaler() else {
+            return;
+        };
         for q in queues {
-            if let Some(level) = dispatcher.reset_concurrency(&q) {
+            if let Some(level) = scaler.reset_concurrency(&q) {
                 tracing::info!(target = %q, concurrency = level, plugin,
                     "scaling plugin unloaded; target back at its manifest default");
-                self.decisions.remove(&q);
             }
         }
+    }
+}
+
+#[async_trait]
+impl Handler for ControlHandler {
+    /// Built in: there is nothing to load.
+    fn ready(&self) -> bool {
+        true
+    }
+
+    /// One worker: decisions are applied one at a time, in the order they
+    /// were delivered, so a later decision is never overtaken by an earlier one.
+    fn bounds(&self) -> Option<Bounds> {
+        Some(Bounds {
+            default: 1,
+            min: 1,
+            max: 1,
+        })
+    }
+
+    async fn handle(&self, event: Event, _: Delivery) -> Result<Vec<NewEvent>, HandlerError> {
+        let producer = event
+            .extensions
+            .get(PRODUCER_EXTENSION)
+            .and_then(|v| v.as_str());
+        self.apply(&event.bus, &event.detail, producer)
+            .map(|_| Vec::new())
+            .map_err(HandlerError::Refused)
     }
 }
 
 /// Whether `producer`, the plugin that published a decision (none for an
 /// event from a client or from busbar itself), may drive the control target:
 /// its manifest, as loaded now, must grant the control capability.
-fn authorize(runtime: &crate::runtime::Runtime, producer: Option<&str>) -> Result<(), String> {
+fn authorize(runtime: &Runtime, producer: Option<&str>) -> Result<(), String> {
     let grant =
         "only a plugin whose manifest grants [capabilities] control = true may scale targets";
     let Some(plugin) = producer else {
@@ -164,21 +235,152 @@ fn authorize(runtime: &crate::runtime::Runtime, producer: Option<&str>) -> Resul
     }
 }
 
-/// Starts the metrics loop and the watcher that undoes decisions of unloaded plugins.
-pub fn start(node: &Arc<crate::node::Node>) {
-    metrics::spawn(node.clone());
-    let node = node.clone();
-    let mut changes = node.runtime.subscribe();
+/// Undoes the decisions of every plugin that is unloaded from now on (the
+/// metrics loop is started apart, see [`metrics::spawn`]).
+pub fn start(control: &Arc<ControlHandler>, runtime: &Runtime) {
+    let control = control.clone();
+    let mut changes = runtime.subscribe();
     tokio::spawn(async move {
         loop {
             match changes.recv().await {
-                Ok(crate::runtime::RegistryChange::Unloaded { name }) => {
-                    node.control.forget_decider(&node.dispatcher, &name)
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                Ok(RegistryChange::Unloaded { name }) => control.forget_decider(&name),
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use std::collections::HashMap;
+
+    /// Targets by queue: (level, min, max, default, last decision).
+    #[derive(Default)]
+    struct Levels(Mutex<HashMap<String, (usize, usize, usize, usize, Option<ScalingDecision>)>>);
+
+    impl Scaler for Levels {
+        fn set_concurrency(&self, queue: &str, desired: usize) -> Option<(usize, usize)> {
+            let mut all = self.0.lock();
+            let (level, min, max, _, _) = all.get_mut(queue)?;
+            let before = *level;
+            *level = desired.clamp(*min, *max);
+            Some((before, *level))
+        }
+        fn record_scaling(&self, queue: &str, decision: ScalingDecision) {
+            if let Some(t) = self.0.lock().get_mut(queue) {
+                t.4 = Some(decision);
+            }
+        }
+        fn reset_concurrency(&self, queue: &str) -> Option<usize> {
+            let mut all = self.0.lock();
+            let t = all.get_mut(queue)?;
+            t.0 = t.3;
+            t.4 = None;
+            Some(t.3)
+        }
+    }
+
+    fn control(dir: &tempfile::TempDir) -> (Arc<Levels>, ControlHandler) {
+        let levels = Arc::new(Levels::default());
+        levels
+            .0
+            .lock()
+            .insert("default/orders/pay".into(), (2, 1, 8, 2, None));
+        let runtime = crate::dispatch::handler::tests::empty_runtime(dir);
+        let scaler: Weak<dyn Scaler> = Arc::<Levels>::downgrade(&levels);
+        (levels, ControlHandler::new(scaler, runtime))
+    }
+
+    fn level(levels: &Levels) -> usize {
+        levels.0.lock()["default/orders/pay"].0
+    }
+
+    #[test]
+    fn a_decision_is_clamped_recorded_and_undone_with_its_plugin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (levels, control) = control(&dir);
+        let detail = serde_json::json!({
+            "target": "orders/pay", "desired_concurrency": 50, "reason": "backlog 500"
+        });
+        let d = control
+            .scale("default", &detail, Some("autoscaler"))
+            .unwrap();
+        assert_eq!(
+            (d.from, d.requested, d.applied, d.clamped),
+            (2, 50, 8, true)
+        );
+        assert_eq!(d.by.as_deref(), Some("autoscaler"));
+        assert_eq!(level(&levels), 8);
+        assert_eq!(levels.0.lock()["default/orders/pay"].4, Some(d));
+
+        // Another plugin's unloading leaves it; its own puts the default back.
+        control.forget_decider("rewards");
+        assert_eq!(level(&levels), 8);
+        control.forget_decider("autoscaler");
+        assert_eq!(level(&levels), 2);
+        assert_eq!(levels.0.lock()["default/orders/pay"].4, None);
+    }
+
+    #[test]
+    fn a_bad_decision_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let (levels, control) = control(&dir);
+        let refuse = |detail: serde_json::Value| {
+            control
+                .scale("default", &detail, Some("autoscaler"))
+                .unwrap_err()
+        };
+        let e = refuse(serde_json::json!({"target": "orders/nope", "desired_concurrency": 3}));
+        assert!(
+            e.contains("unknown target orders/nope on bus default"),
+            "{e}"
+        );
+        let e = refuse(serde_json::json!({"target": "orders", "desired_concurrency": 3}));
+        assert!(e.contains("must be \"<rule>/<target id>\""), "{e}");
+        let e = refuse(serde_json::json!({"target": "orders/pay"}));
+        assert!(e.contains("desired_concurrency"), "{e}");
+        // The decision's own bus wins over the event's.
+        let e = refuse(serde_json::json!({
+            "bus": "audit", "target": "orders/pay", "desired_concurrency": 3
+        }));
+        assert!(e.contains("on bus audit"), "{e}");
+        assert_eq!(level(&levels), 2);
+    }
+
+    #[tokio::test]
+    async fn only_a_granted_plugin_may_decide() {
+        let dir = tempfile::tempdir().unwrap();
+        let (levels, control) = control(&dir);
+        let mut event = crate::event::EventInput {
+            source: Some("testkit".into()),
+            detail_type: Some("ScaleTarget".into()),
+            detail: Some(serde_json::json!({"target": "orders/pay", "desired_concurrency": 5})),
+            ..Default::default()
+        }
+        .into_event(&Default::default())
+        .unwrap();
+        let delivery = Delivery {
+            rule: "decisions".into(),
+            target: "control".into(),
+            attempt: 1,
+            id: "d".into(),
+        };
+        let refused = control.handle(event.clone(), delivery.clone()).await;
+        assert!(
+            matches!(&refused, Err(HandlerError::Refused(r)) if r.contains("not published by a plugin")),
+            "{refused:?}"
+        );
+        event
+            .extensions
+            .insert(PRODUCER_EXTENSION.into(), "gone".into());
+        let refused = control.handle(event, delivery).await;
+        assert!(
+            matches!(&refused, Err(HandlerError::Refused(r)) if r.contains("plugin gone, which published it, is not loaded now")),
+            "{refused:?}"
+        );
+        assert_eq!(level(&levels), 2);
+    }
 }

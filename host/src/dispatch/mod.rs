@@ -1,16 +1,21 @@
-//! Delivery: per-target workers that take deliveries from the bus, call the
-//! target's plugin, and settle the outcome (ack with the handler's new events,
-//! retry with backoff, or dead-letter).
+//! Delivery: per-target workers that take deliveries from the bus, hand them
+//! to the target's handler, and settle the outcome (ack with the handler's new
+//! events, retry with backoff, or dead-letter).
 //!
-//! Each (rule, target) queue has its own pool of workers. Its concurrency (how
-//! many of them work at once, hence how many plugin instances serve that target
-//! at once) starts at the plugin manifest's `scaling.concurrency` and can be
-//! changed at run time, within the manifest's bounds, by the control loop.
+//! A target's `plugin` names its handler ([`handler`]): a plugin in the
+//! runtime, or a built-in registered by name at wiring. Each (rule, target)
+//! queue has its own pool of workers. Its concurrency (how many of them work
+//! at once, hence how many plugin instances serve that target at once) starts
+//! at the handler's default (a plugin manifest's `scaling.concurrency`) and
+//! can be changed at run time, within the handler's bounds, by whoever holds
+//! the dispatcher (the control target).
 
+pub mod handler;
 mod orphans;
 pub mod replay;
 pub mod retry;
 pub mod stats;
+mod view;
 
 use crate::bus::{Bus, Delivery, Settle};
 use crate::event::{Event, EventInput, EventLimits};
@@ -25,7 +30,9 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+pub use handler::{Bounds, Handler, HandlerError, Handlers};
 pub use stats::TargetStats;
+pub use view::{ScalingDecision, TargetView};
 
 /// Settings of the dispatcher.
 #[derive(Debug, Clone)]
@@ -80,6 +87,8 @@ struct Pool {
     stats: Arc<TargetStats>,
     workers: Vec<JoinHandle<()>>,
     plugin: String,
+    /// The scaling decision that set the current level, while it is in force.
+    last_scaling: Option<ScalingDecision>,
 }
 
 /// Owns the worker pools of every target.
@@ -90,7 +99,7 @@ pub struct Dispatcher {
     config: DispatchConfig,
     pools: Mutex<HashMap<String, Pool>>,
     outcomes: broadcast::Sender<DeliveryOutcome>,
-    pub control: Arc<crate::control::Control>,
+    handlers: Handlers,
     /// Bounds the settles committing in the background (see `finish`).
     settling: Arc<tokio::sync::Semaphore>,
     /// Queues of removed rules or targets being emptied (see `orphans`).
@@ -99,16 +108,6 @@ pub struct Dispatcher {
 
 /// Settles that may be committing at once, over all targets.
 const MAX_SETTLING: usize = 4096;
-
-/// A target's worker pool as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct PoolInfo {
-    pub queue: String,
-    pub plugin: String,
-    pub concurrency: usize,
-    pub min_concurrency: usize,
-    pub max_concurrency: usize,
-}
 
 impl Dispatcher {
     pub fn new(
@@ -119,12 +118,12 @@ impl Dispatcher {
     ) -> Arc<Self> {
         Arc::new(Dispatcher {
             bus,
+            handlers: Handlers::new(runtime.clone()),
             runtime,
             rules,
             config,
             pools: Mutex::new(HashMap::new()),
             outcomes: broadcast::channel(4096).0,
-            control: Default::default(),
             settling: Arc::new(tokio::sync::Semaphore::new(MAX_SETTLING)),
             draining: Default::default(),
         })
@@ -135,9 +134,10 @@ impl Dispatcher {
         self.outcomes.subscribe()
     }
 
-    /// The plugin runtime; the control target reads producers' manifests from it.
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.runtime
+    /// Makes targets whose `plugin` is `name` deliver to `handler` instead of
+    /// a plugin. Register before [`Dispatcher::start`].
+    pub fn register_handler(&self, name: &str, handler: Arc<dyn Handler>) {
+        self.handlers.register(name, handler);
     }
 
     /// Starts pools for the current targets and keeps them in step with rule
@@ -172,7 +172,7 @@ impl Dispatcher {
         });
         self.drain_orphans(&snapshot.targets);
         for (queue, (_, target)) in &snapshot.targets {
-            let (default, min, max) = self.bounds_for(&target.plugin);
+            let Bounds { default, min, max } = self.bounds_for(&target.plugin);
             match pools.get_mut(queue) {
                 Some(pool) => {
                     // A manifest change moves the bounds; keep the current level inside them.
@@ -202,6 +202,7 @@ impl Dispatcher {
                         stats: Arc::new(TargetStats::default()),
                         workers: Vec::new(),
                         plugin: target.plugin.clone(),
+                        last_scaling: None,
                     };
                     self.grow(queue, &mut pool, max);
                     pools.insert(queue.clone(), pool);
@@ -210,19 +211,11 @@ impl Dispatcher {
         }
     }
 
-    fn bounds_for(&self, plugin: &str) -> (usize, usize, usize) {
+    fn bounds_for(&self, plugin: &str) -> Bounds {
         let cap = self.config.max_workers_per_target;
-        if plugin == crate::control::CONTROL_PLUGIN {
-            return (1, 1, 1);
-        }
-        match self.runtime.manifest(plugin) {
-            Some(m) => {
-                let s = &m.scaling;
-                let min = (s.min_concurrency as usize).clamp(1, cap);
-                let max = (s.max_concurrency as usize).clamp(min, cap);
-                ((s.concurrency as usize).max(1), min, max)
-            }
-            None => (1, 1, 1.max(cap.min(16))),
+        match self.handlers.resolve(plugin).bounds() {
+            Some(asked) => asked.capped(cap),
+            None => Bounds::unknown(cap),
         }
     }
 
@@ -251,33 +244,22 @@ impl Dispatcher {
         Some((before, applied))
     }
 
-    /// Puts a target back at its manifest default; returns that level.
-    pub fn reset_concurrency(&self, queue: &str) -> Option<usize> {
-        let pools = self.pools.lock();
-        let pool = pools.get(queue)?;
-        pool.concurrency.send_replace(pool.default);
-        Some(pool.default)
+    /// Remembers the decision behind a target's current level, shown in its
+    /// [`TargetView`] until the target is reset or removed.
+    pub fn record_scaling(&self, queue: &str, decision: ScalingDecision) {
+        if let Some(pool) = self.pools.lock().get_mut(queue) {
+            pool.last_scaling = Some(decision);
+        }
     }
 
-    pub fn pools(&self) -> Vec<(PoolInfo, Arc<TargetStats>)> {
-        let pools = self.pools.lock();
-        let mut out: Vec<_> = pools
-            .iter()
-            .map(|(q, p)| {
-                (
-                    PoolInfo {
-                        queue: q.clone(),
-                        plugin: p.plugin.clone(),
-                        concurrency: *p.concurrency.borrow(),
-                        min_concurrency: p.bounds.0,
-                        max_concurrency: p.bounds.1,
-                    },
-                    p.stats.clone(),
-                )
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.queue.cmp(&b.0.queue));
-        out
+    /// Puts a target back at its default (its manifest's) and forgets the
+    /// decision that moved it; returns that level.
+    pub fn reset_concurrency(&self, queue: &str) -> Option<usize> {
+        let mut pools = self.pools.lock();
+        let pool = pools.get_mut(queue)?;
+        pool.concurrency.send_replace(pool.default);
+        pool.last_scaling = None;
+        Some(pool.default)
     }
 
     async fn work(
@@ -314,15 +296,15 @@ impl Dispatcher {
         }
     }
 
-    /// While a target's plugin is not loaded its deliveries stay queued untouched;
-    /// only the first worker wakes to dead-letter those that outgrow their maximum age.
+    /// While a target's handler is not ready (its plugin is not loaded) its
+    /// deliveries stay queued untouched; only the first worker wakes to
+    /// dead-letter those that outgrow their maximum age.
     async fn plugin_ready(&self, queue: &str, index: usize) -> bool {
         let Some((_, target)) = self.rules.target(queue) else {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             return false;
         };
-        if target.plugin == crate::control::CONTROL_PLUGIN || self.runtime.is_loaded(&target.plugin)
-        {
+        if self.handlers.resolve(&target.plugin).ready() {
             return true;
         }
         if index == 0 {
@@ -375,30 +357,8 @@ impl Dispatcher {
                 .await;
             return;
         }
-        if target.plugin == crate::control::CONTROL_PLUGIN {
-            d.attempts += 1;
-            let producer = d
-                .event
-                .extensions
-                .get(crate::control::PRODUCER_EXTENSION)
-                .and_then(|v| v.as_str())
-                .map(str::to_string);
-            let settle =
-                match self
-                    .control
-                    .apply(self, &d.event.bus, &d.event.detail, producer.as_deref())
-                {
-                    Ok(_) => Settle::Ack {
-                        new_events: vec![],
-                        stopped: vec![],
-                    },
-                    Err(reason) => Settle::DeadLetter { reason, keep: true },
-                };
-            stats.record(0.0, matches!(settle, Settle::Ack { .. }));
-            self.finish(d, settle, None, 0.0, 0).await;
-            return;
-        }
-        if !self.runtime.is_loaded(&target.plugin) {
+        let handler = self.handlers.resolve(&target.plugin);
+        if !handler.ready() {
             // Unloaded between the check and the take: back in the queue, no attempt spent.
             let error = format!("plugin {} is not loaded", target.plugin);
             let due_ms = now + 250;
@@ -423,7 +383,7 @@ impl Dispatcher {
             id: d.id.clone(),
         };
         let started = std::time::Instant::now();
-        let result = self.runtime.call(&target.plugin, event, call).await;
+        let result = handler.handle(event, call).await;
         let latency = started.elapsed().as_secs_f64() * 1000.0;
         stats.record(latency, result.is_ok());
         match result {
@@ -442,10 +402,14 @@ impl Dispatcher {
                 )
                 .await;
             }
-            Err(e) => {
+            Err(HandlerError::Call(e)) => {
                 let settle = self.on_error(&d, &target, &e);
                 self.finish(d, settle, Some(e.to_string()), latency, 0)
                     .await;
+            }
+            Err(HandlerError::Refused(reason)) => {
+                let settle = Settle::DeadLetter { reason, keep: true };
+                self.finish(d, settle, None, latency, 0).await;
             }
         }
     }

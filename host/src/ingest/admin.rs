@@ -284,41 +284,7 @@ async fn delete_bus(
 }
 
 async fn targets(State(node): NodeState) -> Json<Value> {
-    let snapshot = node.rules.snapshot();
-    let pools = node.dispatcher.pools();
-    let queues = node.bus.queue_stats();
-    let targets: Vec<Value> = snapshot
-        .targets
-        .iter()
-        .map(|(queue, (rule, target))| {
-            let pool = pools.iter().find(|(p, _)| &p.queue == queue);
-            let q = queues.iter().find(|s| &s.queue == queue);
-            let stats = pool.map(|(_, s)| s.snapshot()).unwrap_or_default();
-            json!({
-                "queue": queue,
-                "bus": rule.bus,
-                "rule": rule.name,
-                "target": target.id,
-                "plugin": target.plugin,
-                "concurrency": pool.map_or(0, |(p, _)| p.concurrency),
-                "min_concurrency": pool.map_or(0, |(p, _)| p.min_concurrency),
-                "max_concurrency": pool.map_or(0, |(p, _)| p.max_concurrency),
-                "backlog": q.map_or(0, |s| s.backlog),
-                "in_flight": q.map_or(0, |s| s.in_flight),
-                "oldest_age_ms": q.map_or(0, |s| s.oldest_age_ms),
-                "processed_total": stats.processed_total,
-                "errors_total": stats.errors_total,
-                "processed_per_sec": stats.processed_per_sec,
-                "error_rate": stats.error_rate,
-                "p50_ms": stats.p50_ms,
-                "p99_ms": stats.p99_ms,
-                "plugin_loaded": target.plugin == crate::control::CONTROL_PLUGIN
-                    || node.runtime.is_loaded(&target.plugin),
-                "last_scaling": node.control.decision(queue),
-            })
-        })
-        .collect();
-    Json(json!({"targets": targets}))
+    Json(json!({"targets": node.dispatcher.targets()}))
 }
 
 #[derive(Deserialize)]
