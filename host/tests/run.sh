@@ -21,6 +21,7 @@ cargo clippy -p busbar --all-targets --features otlp -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace "$@"
-# The OTLP export lives behind a cargo feature; its test needs that build.
+# The OTLP export lives behind a cargo feature; its test (a module of the one
+# integration-test binary, compiled only with the feature) needs that build.
 echo "== cargo test --features otlp"
-cargo test -p busbar --features otlp --test otlp "$@"
+cargo test -p busbar --features otlp --test all otlp:: "$@"

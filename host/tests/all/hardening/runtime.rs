@@ -1,13 +1,18 @@
 //! Greedy and broken plugins: instance slots, manifests through symlinks, plugin status.
 
-use crate::common::TestServer;
-use crate::plugin_support::{self, Harness, delivery, event, install, wasm};
-use crate::support::{NodeDir, built};
+use crate::harness::process::NodeDir;
+use crate::harness::runtime::{Harness, delivery, event, install};
+use crate::harness::server::TestServer;
+use crate::harness::{built, eventually, eventually_async, plugin_cache, wasm};
 use busbar::runtime::{CallError, FailureKind, NewEvent, PluginState, PluginStatus, Runtime};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long a wait here may take before the test gives up (a bound against
+/// hanging, not a timing assertion).
+const LIMIT: Duration = Duration::from_secs(30);
 
 /// Lets a plugin keep the engine's whole share of instances for itself.
 const GREEDY: &str = "[limits]\nmax_instances = 256\ntimeout_ms = 30000\ncpu_ms = 1000\n";
@@ -61,8 +66,8 @@ async fn greedy_plugins_cannot_starve_another_of_instances() {
         .flat_map(|p| burst(&h.rt, p, 256, 8000))
         .collect();
     let rt = h.rt.clone();
-    plugin_support::eventually("the burst to fill the engine", || {
-        status(&rt, "greedy-a").instances + status(&rt, "greedy-b").instances >= 500
+    eventually_async("the burst to fill the engine", LIMIT, async || {
+        (status(&rt, "greedy-a").instances + status(&rt, "greedy-b").instances >= 500).then_some(())
     })
     .await;
     let started = Instant::now();
@@ -153,27 +158,14 @@ fn node_over(plugins: &Path) -> TestServer {
     let dir = plugins.to_path_buf();
     let server = TestServer::start_with(move |c| {
         c.server.plugins_dir = dir;
-        c.server.cache_dir = Some(plugin_support::cache_dir());
+        c.server.cache_dir = Some(plugin_cache());
     });
     let client = server.client();
-    wait(
-        "the plugins to load",
-        || matches!(client.get(format!("{}/readyz", server.url)).send(), Ok(r) if r.status().is_success()),
-    );
+    eventually("the plugins to load", LIMIT, || {
+        let r = client.get(format!("{}/readyz", server.url)).send().ok()?;
+        r.status().is_success().then_some(())
+    });
     server
-}
-
-/// Polls `f` every 20 ms; panics with `what` after 30 s (a bound against
-/// hanging, not a timing assertion).
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "gave up waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// `GET /v1/plugins`, by name.
@@ -320,10 +312,11 @@ fn a_manifest_alone_is_not_a_plugin() {
     assert!(!metrics.contains("plugin=\"late\""), "{metrics}");
 
     install(p, "late", "testkit", None);
-    wait("late.wasm to load", || {
+    eventually("late.wasm to load", LIMIT, || {
         listed(&server)
             .get("late")
             .is_some_and(|l| l["state"] == "loaded")
+            .then_some(())
     });
     let manifest = server.node.runtime.manifest("late").unwrap();
     assert_eq!(manifest.config["colour"], "blue");

@@ -2,9 +2,8 @@
 //! (as several nodes would hold) on one server share queues, dead letters,
 //! the archive, plugin kv and the rules bucket.
 
-#[path = "cluster/nats_server.rs"]
-mod nats_server;
-
+use crate::harness::eventually_async;
+use crate::harness::nats::NatsServer;
 use busbar::bus::nats::{NatsBus, NatsConfig};
 use busbar::bus::{
     ArchiveFilter, ArchivePages, ArchiveQuery, Bus, Delivery, PublishError, PublishOptions, Route,
@@ -13,7 +12,6 @@ use busbar::bus::{
 use busbar::event::{Event, EventInput, EventLimits};
 use busbar::rules::{BusInfo, Rule, RuleOrigin, RuleState};
 use busbar::runtime::KvBackend;
-use nats_server::NatsServer;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,16 +65,9 @@ fn ack() -> Settle {
     }
 }
 
-/// Polls `f` until it holds (the queue counts refresh every second).
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..100 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not within 10 s");
-}
+/// How long a wait on the shared server may take (the queue counts refresh
+/// every second); a bound against hanging, not a timing assertion.
+const LIMIT: Duration = Duration::from_secs(10);
 
 fn all() -> ArchiveFilter {
     Arc::new(|_: &Event, _: &[u8]| true)
@@ -286,7 +277,10 @@ async fn dead_letters_are_shared_and_redriven_by_any_node() {
         Some(&dl[0])
     );
     assert_eq!(b.dead_letter(9999).await.unwrap(), None);
-    eventually("the dead-letter count", async || b.dead_letter_count() == 2).await;
+    eventually_async("the dead-letter count", LIMIT, async || {
+        (b.dead_letter_count() == 2).then_some(())
+    })
+    .await;
 
     assert_eq!(b.redrive(Some(&[dl[0].id])).await.unwrap(), 1);
     // The redriven delivery goes to whichever node pulls it: a fetch node `a` left
@@ -301,7 +295,10 @@ async fn dead_letters_are_shared_and_redriven_by_any_node() {
     by.settle(d, ack()).await.unwrap();
     assert_eq!(a.purge_dead_letters(None).await.unwrap(), 1);
     assert!(a.dead_letters(0, 10).await.unwrap().is_empty());
-    eventually("the dead-letter count", async || b.dead_letter_count() == 0).await;
+    eventually_async("the dead-letter count", LIMIT, async || {
+        (b.dead_letter_count() == 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,10 +316,11 @@ async fn the_same_event_id_is_stored_once() {
     let d = take(&a, "default/r/x").await;
     assert_eq!(d.event.id, e.id);
     // Take registers the queue; once counts refresh, nothing else is waiting.
-    eventually("one delivery in the queue", async || {
+    eventually_async("one delivery in the queue", LIMIT, async || {
         a.queue_stats()
             .iter()
             .any(|s| s.queue == "default/r/x" && s.backlog == 0 && s.in_flight == 1)
+            .then_some(())
     })
     .await;
     a.settle(d, ack()).await.unwrap();
@@ -618,10 +616,9 @@ async fn a_nats_restart_fails_publishes_loudly_then_work_resumes() {
 // ---------------------------------------------------------------------------
 // Three `busbar serve --bus nats://...` processes on one nats-server.
 
-mod support;
-
+use crate::harness::process::{NodeDir, Server};
+use crate::harness::{built, eventually, http, poll_until};
 use std::collections::{BTreeMap, BTreeSet};
-use support::{NodeDir, Server, built};
 
 /// Every node runs the same config: events from `cluster-test` go to testkit,
 /// whose `kv` mode increments a counter named by the event in the shared kv.
@@ -654,13 +651,6 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
 }
@@ -728,29 +718,26 @@ fn wait_counted(
     keys: &BTreeSet<String>,
     servers: &[&Server],
 ) -> BTreeMap<String, i64> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let seen = counters(rt, url, keys);
-        if seen.len() == keys.len() {
-            return seen;
+    let mut seen = BTreeMap::new();
+    let counted = poll_until(Duration::from_secs(90), || {
+        seen = counters(rt, url, keys);
+        (seen.len() == keys.len()).then(|| seen.clone())
+    });
+    counted.unwrap_or_else(|| {
+        let missing: Vec<_> = keys
+            .iter()
+            .filter(|k| !seen.contains_key(*k))
+            .take(10)
+            .collect();
+        for s in servers {
+            eprintln!("--- {}:\n{}", s.base, s.log_text());
         }
-        if std::time::Instant::now() > deadline {
-            let missing: Vec<_> = keys
-                .iter()
-                .filter(|k| !seen.contains_key(*k))
-                .take(10)
-                .collect();
-            for s in servers {
-                eprintln!("--- {}:\n{}", s.base, s.log_text());
-            }
-            panic!(
-                "{} of {} acknowledged events never counted, e.g. {missing:?}",
-                keys.len() - seen.len(),
-                keys.len()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        panic!(
+            "{} of {} acknowledged events never counted, e.g. {missing:?}",
+            keys.len() - seen.len(),
+            keys.len()
+        );
+    })
 }
 
 #[test]
@@ -817,18 +804,13 @@ fn a_rule_put_on_one_node_routes_on_another() {
         .unwrap();
     assert!(resp.status().is_success(), "{}", resp.text().unwrap());
     // Node b learns the rule from the rules bucket, not from its own API.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !client
-        .get(format!("{}/v1/rules/default/dynamic", b.base))
-        .send()
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node b never saw the rule"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually("node b to see the rule", Duration::from_secs(10), || {
+        let r = client
+            .get(format!("{}/v1/rules/default/dynamic", b.base))
+            .send()
+            .ok()?;
+        r.status().is_success().then_some(())
+    });
     println!(
         "rule visible on the other node after {:?}",
         put_at.elapsed()
@@ -871,30 +853,26 @@ fn serving_nodes_ride_out_a_nats_server_restart() {
     nats.restart();
     // Both nodes reconnect on their own; publish on each until it is accepted.
     for (server, prefix) in [(&a, "after-a"), (&b, "after-b")] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut n = 0;
-        loop {
+        let key = poll_until(Duration::from_secs(30), || {
             let key = format!("{prefix}{n}");
             n += 1;
-            if !post(
+            let accepted = post(
                 &client,
                 &server.base,
                 "cluster-test",
                 std::slice::from_ref(&key),
-            )
-            .is_empty()
-            {
-                acked.insert(key);
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
+            );
+            (!accepted.is_empty()).then_some(key)
+        })
+        .unwrap_or_else(|| {
+            panic!(
                 "{} accepted nothing within 30 s of the restart:\n{}",
                 server.base,
                 server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            )
+        });
+        acked.insert(key);
     }
     let more: Vec<String> = (0..20).map(|k| format!("later{k}")).collect();
     acked.extend(post(&client, &a.base, "cluster-test", &more));

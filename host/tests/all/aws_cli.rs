@@ -2,16 +2,14 @@
 //! API must be something they can talk to with only `--endpoint-url` changed.
 //! Both come from PyPI into `<repo>/.tools/venv` (`bash host/tests/tools.sh`).
 
-mod common;
-
-use common::TestServer;
+use crate::harness::server::TestServer;
+use crate::harness::{repo_root, stderr, stdout};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
 
 fn venv_bin(name: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let path = root.join(".tools/venv/bin").join(name);
+    let path = repo_root().join(".tools/venv/bin").join(name);
     assert!(
         path.exists(),
         "{} is missing: run host/tests/tools.sh first",
@@ -55,10 +53,9 @@ fn aws_as(s: &TestServer, access_key: &str, args: &[&str]) -> Result<Value, Stri
         ])
         .output()
         .expect("running the awscli");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let stdout = stdout(&out);
     if !out.status.success() {
-        return Err(stderr);
+        return Err(stderr(&out));
     }
     if stdout.trim().is_empty() {
         return Ok(Value::Null);
@@ -346,11 +343,11 @@ def code(call):
         .arg(format!("{prelude}\n{script}"))
         .output()
         .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = stdout(&out);
     assert!(
         out.status.success(),
         "boto3 script failed:\n{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr(&out)
     );
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }

@@ -1,17 +1,21 @@
-//! The client commands against a real node: each test starts `busbar serve` as a
-//! child process on a free port with its own data and plugins directories and a
-//! config file holding one rule, then runs the `busbar` binary against it.
+//! The client commands against a real node: each test starts a node on a free
+//! port with its own data and plugins directories and one rule, then runs the
+//! `busbar` binary against it. The node runs in this process (its clock can be
+//! advanced), except where a test restarts it: then it is a `busbar serve` child.
 //!
-//! The config rule's target names a plugin that is not in the plugins directory:
-//! its deliveries wait in the queue until they outgrow the target's maximum event
-//! age (60 s, the smallest EventBridge allows) and then go to the dead-letter queue,
-//! which is how the dead-letter test gets its dead letter without a plugin.
+//! The rule's target names a plugin that is not in the plugins directory: its
+//! deliveries wait in the queue until they outgrow the target's maximum event
+//! age (60 s, the smallest EventBridge allows) and then go to the dead-letter
+//! queue, which is how the dead-letter test gets its dead letter without a
+//! plugin, by moving the node's clock past that age.
 
+use crate::harness::process::{NodeDir, Server};
+use crate::harness::server::TestServer;
+use crate::harness::{built, busbar_bin, eventually, stderr, stdout};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -30,137 +34,102 @@ plugin = "absent-plugin"
 retry = { max_retry_attempts = 0, max_event_age_secs = 60 }
 "#;
 
-/// The binary under test, copied once per test run: the dead-letter test runs
-/// for minutes, and another build into the same target directory meanwhile must
-/// not swap a different `busbar` under it. Copies from runs over an hour old
-/// are removed (no test run lasts that long).
-fn bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.flatten() {
-                let stale = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
-                if stale && e.file_name().to_string_lossy().starts_with("busbar-e2e-") {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        let path = dir.join(format!("busbar-e2e-{}", std::process::id()));
-        std::fs::copy(env!("CARGO_BIN_EXE_busbar"), &path).unwrap();
-        path
-    })
+/// A node the CLI talks to, and the directory the CLI runs in.
+struct Node {
+    url: String,
+    kind: Kind,
 }
 
-/// A `busbar serve` child process; killed when dropped.
-struct Node {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
+enum Kind {
+    InProcess {
+        server: TestServer,
+        /// The CLI's working directory (where `@file` arguments are written).
+        cwd: tempfile::TempDir,
+    },
+    /// For a test that stops and starts the node on the same port and data.
+    Process {
+        dir: NodeDir,
+        server: Option<Server>,
+    },
 }
 
 impl Node {
     fn start() -> Node {
-        Node::start_with_env(&[])
+        Node::start_with(|_| {})
     }
 
-    fn start_with_env(env: &[(&str, &str)]) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
-        std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        std::fs::write(dir.path().join("busbar.toml"), CONFIG).unwrap();
-        let mut node = Node {
-            child: None,
-            port: free_port(),
-            dir,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        node.spawn();
-        node
+    fn start_with(tweak: impl FnOnce(&mut busbar::config::Config)) -> Node {
+        let server = TestServer::start_toml(CONFIG, tweak);
+        Node {
+            url: server.url.clone(),
+            kind: Kind::InProcess {
+                server,
+                cwd: tempfile::tempdir().unwrap(),
+            },
+        }
+    }
+
+    fn start_process() -> Node {
+        let dir = NodeDir::new(CONFIG);
+        let server = dir.start();
+        Node {
+            url: dir.base(),
+            kind: Kind::Process {
+                dir,
+                server: Some(server),
+            },
+        }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.url.clone()
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("serve.log")
+    fn dir(&self) -> &Path {
+        match &self.kind {
+            Kind::InProcess { cwd, .. } => cwd.path(),
+            Kind::Process { dir, .. } => dir.dir.path(),
+        }
     }
 
+    fn plugins(&self) -> PathBuf {
+        match &self.kind {
+            Kind::InProcess { server, .. } => server.plugins().to_path_buf(),
+            Kind::Process { dir, .. } => dir.plugins(),
+        }
+    }
+
+    /// What the node logged, for a failure message.
     fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        match &self.kind {
+            Kind::InProcess { .. } => "(the node runs in the test process)".into(),
+            Kind::Process { server, .. } => {
+                server.as_ref().map(Server::log_text).unwrap_or_default()
+            }
+        }
     }
 
-    /// Starts the node (again, on the same port and data directory) and waits
-    /// until it answers `/healthz`.
-    fn spawn(&mut self) {
-        let d = self.dir.path();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let mut cmd = Command::new(bin());
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--data")
-            .arg(d.join("data"))
-            .arg("--plugins")
-            .arg(d.join("plugins"))
-            .arg("--config")
-            .arg(d.join("busbar.toml"))
-            .env_remove("BUSBAR_ADMIN_TOKEN")
-            .env_remove("BUSBAR_PUBLISH_TOKEN")
-            .env("BUSBAR_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
+    /// Moves an in-process node's clock forward.
+    fn advance(&self, by: Duration) {
+        match &self.kind {
+            Kind::InProcess { server, .. } => server.node.clock.advance(by),
+            Kind::Process { .. } => panic!("a child process's clock cannot be advanced"),
         }
-        let mut child = cmd.spawn().expect("busbar serve starts");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .unwrap();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "busbar serve exited with {status} before serving:\n{}",
-                    self.log()
-                );
-            }
-            let healthy = http
-                .get(format!("{}/healthz", self.url()))
-                .send()
-                .is_ok_and(|r| r.status().is_success());
-            if healthy {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "busbar serve did not answer /healthz within 60 s:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.child = Some(child);
     }
 
+    /// Kills a child-process node (SIGKILL).
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        match &mut self.kind {
+            Kind::Process { server, .. } => drop(server.take()),
+            Kind::InProcess { .. } => panic!("an in-process node is stopped by dropping it"),
+        }
+    }
+
+    /// Starts a child-process node again, on the same port and data directory.
+    fn restart(&mut self) {
+        match &mut self.kind {
+            Kind::Process { dir, server } => *server = Some(dir.start()),
+            Kind::InProcess { .. } => panic!("an in-process node cannot be restarted"),
         }
     }
 
@@ -178,12 +147,12 @@ impl Node {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin());
+        let mut cmd = Command::new(busbar_bin());
         cmd.args(args)
             .env("BUSBAR_URL", self.url())
             .env_remove("BUSBAR_TOKEN")
             .env_remove("NO_COLOR")
-            .current_dir(self.dir.path());
+            .current_dir(self.dir());
         cmd
     }
 
@@ -230,37 +199,6 @@ impl Node {
             r#"{"total": 250}"#,
         ]);
         out.trim().to_string()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Polls `f` until it gives a value; panics naming `what` after `limit`.
-fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -368,7 +306,7 @@ fn put_prints_ids_and_names_refused_entries() {
     assert_eq!(id.len(), 36, "a generated id is a UUID: {id:?}");
 
     let file = write(
-        node.dir.path(),
+        node.dir(),
         "events.json",
         r#"[
             {"source": "shop", "detail-type": "OrderPlaced", "detail": {"n": 1}},
@@ -572,14 +510,15 @@ fn dlq_commands_on_an_empty_queue() {
     assert!(err.contains("no dead letter with id 424242"), "{err}");
 }
 
-/// Slow by design: the dead letter appears once the delivery is older than the
-/// target's 60 s maximum event age. Then the plugin arrives: the redriven delivery
+/// The dead letter appears once the delivery is older than the target's 60 s
+/// maximum event age: the node's clock is moved past it. Then the plugin arrives: the redriven delivery
 /// reaches it, and a delivery it rejects is dead-lettered at once.
 #[test]
 fn dead_letters_list_show_redrive_and_purge() {
     let node = Node::start();
     let event_id = node.put_one("shop", "echo");
-    let letter = eventually("a dead letter", Duration::from_secs(150), || {
+    node.advance(Duration::from_secs(61));
+    let letter = eventually("a dead letter", Duration::from_secs(30), || {
         let list = node.json(&["dlq", "list", "--json"]);
         list["dead_letters"]
             .as_array()
@@ -605,10 +544,11 @@ fn dead_letters_list_show_redrive_and_purge() {
     assert!(shown.contains(&event_id), "{shown}");
 
     // The missing plugin arrives (testkit, under the name the rule expects).
-    let testkit =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/fixtures/testkit.wasm");
-    std::fs::copy(&testkit, node.dir.path().join("plugins/absent-plugin.wasm"))
-        .expect("plugins/build.sh builds the testkit fixture");
+    std::fs::copy(
+        built("plugins/fixtures/testkit.wasm"),
+        node.plugins().join("absent-plugin.wasm"),
+    )
+    .unwrap();
     eventually("the plugin to load", Duration::from_secs(60), || {
         node.ok(&["plugins"])
             .contains("absent-plugin")
@@ -743,12 +683,12 @@ fn tail_shows_matched_rules_and_filters_with_real_engine() {
 
 #[test]
 fn tail_reconnects_when_the_node_restarts() {
-    let mut node = Node::start();
+    let mut node = Node::start_process();
     let tail = Tail::start(&node, &["--json"]);
     tail.catch(|| node.put_one("shop", "Before"));
     node.stop();
     line_with(&tail.err, "ended", Duration::from_secs(20));
-    node.spawn();
+    node.restart();
     line_with(&tail.err, "reconnected to", Duration::from_secs(60));
     let (_, line) = tail.catch(|| node.put_one("shop", "After"));
     assert!(line.contains("After"), "{line}");
@@ -756,10 +696,10 @@ fn tail_reconnects_when_the_node_restarts() {
 
 #[test]
 fn tokens_are_sent_and_refusals_explained() {
-    let node = Node::start_with_env(&[
-        ("BUSBAR_ADMIN_TOKEN", "admin-secret"),
-        ("BUSBAR_PUBLISH_TOKEN", "publish-secret"),
-    ]);
+    let node = Node::start_with(|c| {
+        c.server.admin_token = Some("admin-secret".into());
+        c.server.publish_token = Some("publish-secret".into());
+    });
     let err = node.fails(&["rules", "list"]);
     assert!(
         err.contains("HTTP 401") && err.contains("BUSBAR_TOKEN"),

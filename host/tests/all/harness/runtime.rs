@@ -1,47 +1,12 @@
-//! Shared set-up for the runtime tests: the real plugins built by
-//! `plugins/build.sh`, a plugins directory of the test's own, one compiled
-//! cache for the whole test run, and a real redb file.
-
-#![allow(dead_code)] // each test binary uses a different subset
+//! The runtime harness: the plugin runtime alone, without a node, over the
+//! real plugins built by `plugins/build.sh`, a plugins directory of the test's
+//! own, the run's shared compiled cache and a real redb file.
 
 use busbar::event::{Event, EventInput, EventLimits};
 use busbar::runtime::{Delivery, RedbKv, Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A built plugin: `plugins/NAME.wasm`, else `plugins/fixtures/NAME.wasm`.
-pub fn wasm(name: &str) -> PathBuf {
-    let root = repo_root().join("plugins");
-    for p in [
-        root.join(format!("{name}.wasm")),
-        root.join("fixtures").join(format!("{name}.wasm")),
-    ] {
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "plugin {name}.wasm not found under {}: run plugins/build.sh first",
-        root.display()
-    );
-}
-
-/// The manifest shipped beside an example plugin.
-pub fn shipped_manifest(name: &str) -> String {
-    let path = repo_root().join("plugins").join(format!("{name}.toml"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Shared by every test so the big JavaScript and Python components compile once per run.
-pub fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("busbar-plugin-cache")
-}
 
 pub struct Harness {
     pub plugins: tempfile::TempDir,
@@ -86,7 +51,7 @@ pub fn runtime(plugins: &Path, kv_path: &Path, watch: bool) -> Arc<Runtime> {
     let kv = Arc::new(RedbKv::open(kv_path).unwrap());
     let config = RuntimeConfig {
         plugins_dir: plugins.to_path_buf(),
-        cache_dir: cache_dir(),
+        cache_dir: super::plugin_cache(),
         watch,
     };
     Runtime::new(config, kv).unwrap()
@@ -94,7 +59,7 @@ pub fn runtime(plugins: &Path, kv_path: &Path, watch: bool) -> Arc<Runtime> {
 
 /// Copies built plugin `built` into `dir` as `name.wasm`, with `manifest` as `name.toml`.
 pub fn install(dir: &Path, name: &str, built: &str, manifest: Option<&str>) {
-    std::fs::copy(wasm(built), dir.join(format!("{name}.wasm"))).unwrap();
+    std::fs::copy(super::wasm(built), dir.join(format!("{name}.wasm"))).unwrap();
     if let Some(m) = manifest {
         std::fs::write(dir.join(format!("{name}.toml")), m).unwrap();
     }
@@ -113,18 +78,5 @@ pub fn delivery() -> Delivery {
         target: "t1".into(),
         attempt: 1,
         id: uuid::Uuid::new_v4().to_string(),
-    }
-}
-
-/// Polls `f` every 10 ms until it is true; panics with `what` after 30 s.
-/// (A bound against hanging, not a timing assertion.)
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "gave up waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

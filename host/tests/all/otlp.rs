@@ -6,11 +6,11 @@
 //! of that delivery. A CloudEvent arriving with a `traceparent` joins its
 //! producer's trace instead.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::harness::process::{NodeDir, Server};
+use crate::harness::{built, http, poll_until};
 use axum::body::Bytes;
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -18,7 +18,6 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::{Value, json};
-use support::{NodeDir, built};
 
 const RULES: &str = r#"
 [metrics]
@@ -110,13 +109,15 @@ fn attr(span: &Span, key: &str) -> Option<String> {
 
 /// Waits until a span satisfying `pred` has been exported, and returns it.
 fn wait_span(received: &Received, what: &str, pred: impl Fn(&Span) -> bool) -> Span {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some((_, s)) = received.lock().unwrap().iter().find(|(_, s)| pred(s)) {
-            return s.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
+    poll_until(Duration::from_secs(60), || {
+        let received = received.lock().unwrap();
+        received
+            .iter()
+            .find(|(_, s)| pred(s))
+            .map(|(_, s)| s.clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
             "no exported span for {what}; received: {:#?}",
             received
                 .lock()
@@ -124,12 +125,11 @@ fn wait_span(received: &Received, what: &str, pred: impl Fn(&Span) -> bool) -> S
                 .iter()
                 .map(|(_, s)| (s.name.clone(), attr(s, "event"), attr(s, "rule")))
                 .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        )
+    })
 }
 
-fn start_node() -> (support::Server, Received) {
+fn start_node() -> (Server, Received) {
     let node = NodeDir::new(RULES);
     node.add_plugin(&built("plugins/payment-check.wasm"), "payment-check", None);
     node.add_plugin(&built("plugins/fixtures/testkit.wasm"), "testkit", None);
@@ -146,7 +146,7 @@ fn start_node() -> (support::Server, Received) {
 }
 
 fn publish(base: &str, body: Value, content_type: &str, path: &str) -> Value {
-    let r = reqwest::blocking::Client::new()
+    let r = http()
         .post(format!("{base}{path}"))
         .header("content-type", content_type)
         .body(body.to_string())

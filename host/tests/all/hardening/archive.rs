@@ -3,7 +3,7 @@
 //! A large archive is filled straight through the node's publish path (the
 //! same one ingest uses), then queried over HTTP the way a client would.
 
-use crate::common::TestServer;
+use crate::harness::server::TestServer;
 use busbar::event::{Event, EventInput, EventLimits};
 use serde_json::{Value, json};
 use std::collections::HashSet;

@@ -1,8 +1,9 @@
 //! Operator surprises: start-up concurrency, config reloads, first-start metrics, tail.
 
-use crate::common::{TestServer, eventually};
-use crate::plugin_support::install;
-use crate::support::NodeDir;
+use crate::harness::eventually;
+use crate::harness::process::NodeDir;
+use crate::harness::runtime::install;
+use crate::harness::server::TestServer;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
@@ -24,10 +25,9 @@ fn a_target_made_before_its_plugin_loads_takes_the_manifest_concurrency() {
     assert_eq!(before["plugin_loaded"], false);
     assert_eq!(before["concurrency"], 1, "placeholder level: {before}");
 
-    let manifest = std::fs::read_to_string(
-        crate::plugin_support::repo_root().join("plugins/payment-check.toml"),
-    )
-    .unwrap();
+    let manifest =
+        std::fs::read_to_string(crate::harness::repo_root().join("plugins/payment-check.toml"))
+            .unwrap();
     assert!(
         manifest.contains("concurrency = 2"),
         "the shipped manifest asks for 2"
@@ -166,10 +166,9 @@ fn waiting_metrics_events_are_superseded_not_dead_lettered() {
 #[test]
 fn tail_shows_plugin_events_and_events_before_their_deliveries() {
     let s = TestServer::start_with(|c| {
-        let manifest = std::fs::read_to_string(
-            crate::plugin_support::repo_root().join("plugins/payment-check.toml"),
-        )
-        .unwrap();
+        let manifest =
+            std::fs::read_to_string(crate::harness::repo_root().join("plugins/payment-check.toml"))
+                .unwrap();
         install(
             &c.server.plugins_dir,
             "payment-check",

@@ -1,12 +1,11 @@
 //! The HTTP surfaces against a real node on a free port: native ingest,
 //! the EventBridge API, CloudEvents, the admin API, tokens, limits, metrics.
 
-mod common;
-
-use common::TestServer;
+use crate::harness::server::{Reply, TestServer};
+use crate::harness::{eventually, poll_until};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn event(source: &str, n: u64) -> Value {
     json!({"source": source, "detail-type": "Test", "detail": {"n": n}})
@@ -356,7 +355,7 @@ fn aws_malformed_body_is_a_serialization_error() {
     );
 }
 
-fn aws_raw(s: &TestServer, op: &str, body: &[u8]) -> common::Reply {
+fn aws_raw(s: &TestServer, op: &str, body: &[u8]) -> Reply {
     let resp = s
         .client()
         .post(format!("{}/", s.url))
@@ -364,7 +363,7 @@ fn aws_raw(s: &TestServer, op: &str, body: &[u8]) -> common::Reply {
         .header("x-amz-target", format!("AWSEvents.{op}"))
         .body(body.to_vec())
         .send();
-    common::Reply::from(resp)
+    Reply::from(resp)
 }
 
 #[test]
@@ -778,7 +777,7 @@ fn cloudevents_structured_errors_name_the_attribute() {
     assert!(s.archived().is_empty());
 }
 
-fn post_binary(s: &TestServer, path: &str, headers: &[(&str, &str)], body: &[u8]) -> common::Reply {
+fn post_binary(s: &TestServer, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut req = s
         .client()
         .post(format!("{}{path}", s.url))
@@ -786,7 +785,7 @@ fn post_binary(s: &TestServer, path: &str, headers: &[(&str, &str)], body: &[u8]
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    common::Reply::from(req.send())
+    Reply::from(req.send())
 }
 
 #[test]
@@ -1121,16 +1120,13 @@ fn replays_start_list_and_refuse_duplicates() {
     );
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.error_message().contains("since"), "{}", r.text);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = s.get("/v1/replays/r1").json();
-        if r["state"] == "completed" {
-            assert_eq!(r["replayed"], 1);
-            break;
-        }
-        assert!(Instant::now() < deadline, "replay r1 did not finish: {r}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut last = Value::Null;
+    let r = poll_until(Duration::from_secs(20), || {
+        last = s.get("/v1/replays/r1").json();
+        (last["state"] == "completed").then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("replay r1 did not finish: {last}"));
+    assert_eq!(r["replayed"], 1);
     let list = s.get("/v1/replays").json();
     assert_eq!(list["replays"].as_array().unwrap().len(), 1);
     assert_eq!(s.get("/v1/replays/zzz").status, 404);
@@ -1413,15 +1409,14 @@ fn deliveries_of_a_removed_target_are_dead_lettered() {
     assert_eq!(backlog(), Some(3));
 
     put(json!([]));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let letters = loop {
-        let list = s.get("/v1/dlq").json()["dead_letters"].clone();
-        if list.as_array().is_some_and(|l| l.len() == 3) {
-            break list;
-        }
-        assert!(std::time::Instant::now() < deadline, "dead letters: {list}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut last = Value::Null;
+    let letters = poll_until(Duration::from_secs(20), || {
+        last = s.get("/v1/dlq").json()["dead_letters"].clone();
+        last.as_array()
+            .is_some_and(|l| l.len() == 3)
+            .then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("dead letters: {last}"));
     for l in letters.as_array().unwrap() {
         assert!(ids.iter().any(|id| l["event"]["id"] == id.as_str()), "{l}");
         let reason = l["last_error"].as_str().unwrap();
@@ -1431,11 +1426,7 @@ fn deliveries_of_a_removed_target_are_dead_lettered() {
         );
     }
     // Once quiet, the queue itself is forgotten.
-    while backlog().is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the queue was not forgotten"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually("the queue to be forgotten", Duration::from_secs(20), || {
+        backlog().is_none().then_some(())
+    });
 }

@@ -1,41 +1,11 @@
-//! Runs `busbar serve` as a child process on a free loopback port, for tests
-//! that need a real process: crash safety (kill -9), restarts, several nodes.
-#![allow(dead_code)]
+//! The child-process harness: `busbar serve` as a real process on a free
+//! loopback port, for tests that need one: crash safety (kill -9), restarts,
+//! several nodes, the start-up log, the CLI against a node.
 
+use super::{busbar_bin, free_port, plugin_cache};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A built plugin or fixture, e.g. `plugin_wasm("plugins/fixtures/testkit.wasm")`.
-pub fn built(rel: &str) -> PathBuf {
-    let p = repo_root().join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run plugins/build.sh first",
-        p.display()
-    );
-    p
-}
-
-/// One compiled-plugin cache for every test process, so the large JavaScript and
-/// Python components compile once per machine rather than once per test.
-pub fn shared_cache() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/busbar-test-cache");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use std::time::Duration;
 
 /// A node's directory: config, plugins and data live under one temp dir.
 pub struct NodeDir {
@@ -53,7 +23,7 @@ impl NodeDir {
             "[server]\nlisten = \"127.0.0.1:{port}\"\nplugins_dir = \"{}\"\ndata_dir = \"{}\"\ncache_dir = \"{}\"\n{rules}",
             dir.path().join("plugins").display(),
             dir.path().join("data").display(),
-            shared_cache().display()
+            plugin_cache().display()
         );
         std::fs::write(dir.path().join("busbar.toml"), config).unwrap();
         NodeDir { dir, port }
@@ -85,7 +55,7 @@ impl NodeDir {
     pub fn own_cache(&self) {
         let path = self.dir.path().join("busbar.toml");
         let config = std::fs::read_to_string(&path).unwrap().replace(
-            &shared_cache().display().to_string(),
+            &plugin_cache().display().to_string(),
             &self.dir.path().join("cache").display().to_string(),
         );
         std::fs::write(path, config).unwrap();
@@ -93,29 +63,51 @@ impl NodeDir {
 
     /// Like [`NodeDir::start`], with extra environment variables for the server.
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> Server {
-        let server = self.spawn(env);
+        let mut server = self.spawn(env);
         server.wait_ready();
         server
     }
 
     /// Starts `busbar serve` without waiting for anything.
     pub fn spawn(&self, env: &[(&str, &str)]) -> Server {
-        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_busbar"))
+        let child = self
+            .command()
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("start busbar serve");
+        self.attach(child)
+    }
+
+    /// The `busbar serve` command for this directory, its log begun afresh,
+    /// for a test that must change how the process starts.
+    pub fn command(&self) -> Command {
+        let log = std::fs::File::create(self.log()).expect("create the server log");
+        let mut command = Command::new(busbar_bin());
+        command
             .arg("serve")
             .arg("--config")
             .arg(self.dir.path().join("busbar.toml"))
+            // The test runner's own tokens must not leak into a node a test sets up.
+            .env_remove("BUSBAR_ADMIN_TOKEN")
+            .env_remove("BUSBAR_PUBLISH_TOKEN")
             .env("BUSBAR_LOG", "info")
-            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start busbar serve");
+            .stderr(log);
+        command
+    }
+
+    /// A [`Server`] for a child started from [`NodeDir::command`].
+    pub fn attach(&self, child: Child) -> Server {
         Server {
             child,
             base: self.base(),
-            log: self.dir.path().join("server.log"),
+            log: self.log(),
         }
+    }
+
+    /// The log of the latest run of a node on this directory.
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("server.log")
     }
 }
 
@@ -126,23 +118,28 @@ pub struct Server {
 }
 
 impl Server {
-    /// Waits until `/readyz` answers 200: the store is open and the plugins are loaded.
-    pub fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let client = reqwest::blocking::Client::new();
-        while Instant::now() < deadline {
-            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send()
-                && r.status().is_success()
-            {
-                return;
+    /// Waits until `/readyz` answers 200: the store is open and the plugins are
+    /// loaded. Panics with the server's log if it exits or never gets there.
+    pub fn wait_ready(&mut self) {
+        let client = super::http();
+        let (child, base, log) = (&mut self.child, &self.base, &self.log);
+        let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+        let ready = super::poll_until(Duration::from_secs(120), || {
+            if let Some(status) = child.try_wait().expect("poll busbar serve") {
+                panic!(
+                    "busbar serve exited with {status} before it was ready; its log:\n{}",
+                    log_text()
+                );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            let r = client.get(format!("{base}/readyz")).send().ok()?;
+            r.status().is_success().then_some(())
+        });
+        if ready.is_none() {
+            panic!(
+                "busbar did not come up on {base} within 120 s; its log:\n{}",
+                log_text()
+            );
         }
-        panic!(
-            "busbar did not come up on {}; its log:\n{}",
-            self.base,
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
     }
 
     /// SIGKILL: no shutdown code runs, as in a crash.

@@ -1,8 +1,8 @@
-//! A real busbar node serving HTTP on 127.0.0.1:0, for the integration tests.
+//! The in-process harness: a real busbar node serving HTTP on 127.0.0.1:0.
 //!
 //! The node runs on its own thread and tokio runtime, so tests speak to it with
-//! blocking clients (reqwest, the awscli, boto3) exactly as outside callers do.
-#![allow(dead_code)]
+//! blocking clients (reqwest, the awscli, boto3) exactly as outside callers do,
+//! and reach into it (`server.node`) where they need to: its clock, its publish path.
 
 use busbar::config::Config;
 use busbar::node::Node;
@@ -17,7 +17,7 @@ pub struct TestServer {
     stop: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _data: tempfile::TempDir,
-    _plugins: tempfile::TempDir,
+    plugins_dir: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -28,9 +28,19 @@ impl TestServer {
 
     /// Like [`TestServer::start`], with `tweak` applied to the config first.
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_from(Config::default(), tweak)
+    }
+
+    /// A node configured by `toml` (a `busbar.toml`'s text: rules, metrics...)
+    /// and then `tweak`; its directories and address are the test's own.
+    pub fn start_toml(toml: &str, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let config = Config::parse(toml).unwrap_or_else(|e| panic!("test config: {e:#}"));
+        Self::start_from(config, tweak)
+    }
+
+    fn start_from(mut config: Config, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let data = tempfile::tempdir().expect("temp data dir");
         let plugins = tempfile::tempdir().expect("temp plugins dir");
-        let mut config = Config::default();
         config.server.data_dir = data.path().to_path_buf();
         config.server.plugins_dir = plugins.path().to_path_buf();
         config.server.listen = "127.0.0.1:0".into();
@@ -76,15 +86,17 @@ impl TestServer {
             stop: Some(stop_tx),
             thread: Some(thread),
             _data: data,
-            _plugins: plugins,
+            plugins_dir: plugins,
         }
     }
 
     pub fn client(&self) -> reqwest::blocking::Client {
-        reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("http client")
+        super::http()
+    }
+
+    /// The plugins directory the node watches (unless the config moved it).
+    pub fn plugins(&self) -> &std::path::Path {
+        self.plugins_dir.path()
     }
 
     pub fn get(&self, path: &str) -> Reply {
@@ -189,21 +201,6 @@ impl Reply {
             .as_str()
             .unwrap_or_default()
             .to_string()
-    }
-}
-
-/// Polls `f` until it gives a value; panics naming `what` after `limit`.
-pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gave up waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

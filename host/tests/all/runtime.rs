@@ -2,11 +2,15 @@
 //! and hostile guests (testkit) contained by the sandbox and the limits.
 //! Needs the plugins built first: `plugins/build.sh`.
 
-mod plugin_support;
-
+use crate::harness::runtime::*;
+use crate::harness::{eventually_async, shipped_manifest, wasm};
 use busbar::runtime::{CallError, FailureKind, PluginState, Policy, RegistryChange};
-use plugin_support::*;
 use serde_json::{Value, json};
+use std::time::Duration;
+
+/// How long a wait here may take before the test gives up (a bound against
+/// hanging, not a timing assertion).
+const LIMIT: Duration = Duration::from_secs(30);
 
 const TESTKIT_LIMITS: &str = r#"
 [limits]
@@ -635,7 +639,10 @@ async fn hot_reload_under_load_loses_no_call() {
     let h = Harness::new(&[], true).await;
     install(h.plugins.path(), "echo", "echo-v1", Some(ECHO_FAST));
     let rt = h.rt.clone();
-    eventually("echo v1 to load", || rt.is_loaded("echo")).await;
+    eventually_async("echo v1 to load", LIMIT, async || {
+        rt.is_loaded("echo").then_some(())
+    })
+    .await;
     let first = h.call("echo", "e", json!({})).await.unwrap();
     assert_eq!(version_of(&first), 1);
 
@@ -811,9 +818,11 @@ async fn max_instances_bounds_concurrent_calls() {
         })
     };
     let rt = h.rt.clone();
-    eventually("the slow call to hold the only instance", || {
-        rt.status()[0].instances == 1
-    })
+    eventually_async(
+        "the slow call to hold the only instance",
+        LIMIT,
+        async || (rt.status()[0].instances == 1).then_some(()),
+    )
     .await;
     let err = h.call("testkit", "echo", json!({})).await.unwrap_err();
     assert_eq!(err.kind(), Some(FailureKind::TooManyInstances), "{err}");

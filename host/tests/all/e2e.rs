@@ -1,23 +1,15 @@
 //! End to end over HTTP: a real `busbar serve` process, the real plugins built
 //! from plugins/, and the example rules.
 
-mod support;
-
+use crate::harness::process::{NodeDir, Server};
+use crate::harness::{built, eventually, http, poll_until, repo_root};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use support::{NodeDir, Server, built, repo_root};
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
+use std::time::Duration;
 
 fn post(base: &str, events: Value) -> Value {
-    let r = client()
+    let r = http()
         .post(format!("{base}/events"))
         .json(&events)
         .send()
@@ -29,13 +21,13 @@ fn post(base: &str, events: Value) -> Value {
 }
 
 fn get(base: &str, path: &str) -> Value {
-    let r = client().get(format!("{base}{path}")).send().unwrap();
+    let r = http().get(format!("{base}{path}")).send().unwrap();
     assert!(r.status().is_success(), "GET {path}: {}", r.status());
     r.json().unwrap()
 }
 
 fn archive(base: &str, pattern: Value) -> Vec<Value> {
-    let r = client()
+    let r = http()
         .get(format!("{base}/v1/archive"))
         .query(&[
             ("pattern", pattern.to_string().as_str()),
@@ -48,18 +40,6 @@ fn archive(base: &str, pattern: Value) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-/// Polls `f` until it returns Some, for up to `secs` seconds.
-fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A webhook sink on loopback that records every request body.
@@ -126,7 +106,7 @@ fn order_flow_node(webhook_port: u16) -> (NodeDir, Server) {
     );
     let server = node.start();
     // Plugins load in the background; wait for all four.
-    eventually(180, "the four plugins to load", || {
+    eventually("the four plugins to load", Duration::from_secs(180), || {
         let v = get(&server.base, "/v1/plugins");
         let loaded = v
             .as_array()?
@@ -150,7 +130,7 @@ fn order_flow_for_100_and_600() {
             {"source": "order-service", "detail-type": "OrderCreated", "detail": {"id": "o-600", "amount": 600, "customer": "bo@example.com"}}
         ]),
     );
-    let payments = eventually(60, "two payment results", || {
+    let payments = eventually("two payment results", Duration::from_secs(60), || {
         let v = archive(base, json!({"source": ["payment-service"]}));
         (v.len() == 2).then_some(v)
     });
@@ -165,7 +145,7 @@ fn order_flow_for_100_and_600() {
     assert_eq!(by_id("o-100")["detail"]["amount"], 100);
     assert_eq!(by_id("o-600")["detail-type"], "PaymentFailed");
     // notification heard of both orders and both payment results: four webhook calls.
-    let calls = eventually(60, "four notifications", || {
+    let calls = eventually("four notifications", Duration::from_secs(60), || {
         let got = webhook.lock().unwrap().clone();
         (got.len() >= 4).then_some(got)
     });
@@ -197,7 +177,7 @@ fn rewards_accumulate_in_kv() {
     let base = &server.base;
     let payment = |cost: f64| json!({"source": "demo.payments", "detail-type": "Payment Processed", "detail": {"customer_id": "c-1", "total_cost": cost}});
     post(base, payment(250.75));
-    let first = eventually(60, "the first reward", || {
+    let first = eventually("the first reward", Duration::from_secs(60), || {
         archive(base, json!({"detail-type": ["RewardsGranted"]}))
             .into_iter()
             .next()
@@ -207,7 +187,7 @@ fn rewards_accumulate_in_kv() {
     // Under the rule's threshold: no reward.
     post(base, payment(150.0));
     post(base, payment(300.2));
-    let second = eventually(60, "the second reward", || {
+    let second = eventually("the second reward", Duration::from_secs(60), || {
         archive(
             base,
             json!({"detail-type": ["RewardsGranted"], "detail": {"points": [300]}}),
@@ -235,12 +215,16 @@ retry = { max_retry_attempts = 2, max_event_age_secs = 3600, base_backoff_ms = 2
 "#;
 
 fn wait_loaded(base: &str, name: &str, version_not: Option<&str>) -> String {
-    eventually(60, &format!("plugin {name} to load"), || {
-        let v = get(base, "/v1/plugins");
-        let p = v.as_array()?.iter().find(|p| p["name"] == name)?.clone();
-        let version = p["version"].as_str()?.to_string();
-        (p["state"] == "loaded" && Some(version.as_str()) != version_not).then_some(version)
-    })
+    eventually(
+        &format!("plugin {name} to load"),
+        Duration::from_secs(60),
+        || {
+            let v = get(base, "/v1/plugins");
+            let p = v.as_array()?.iter().find(|p| p["name"] == name)?.clone();
+            let version = p["version"].as_str()?.to_string();
+            (p["state"] == "loaded" && Some(version.as_str()) != version_not).then_some(version)
+        },
+    )
 }
 
 #[test]
@@ -254,7 +238,7 @@ fn retries_then_dead_letter_then_redrive() {
         base,
         json!({"source": "e2e", "detail-type": "fail-retry", "detail": {"k": 1}}),
     );
-    let dl = eventually(30, "a dead letter", || {
+    let dl = eventually("a dead letter", Duration::from_secs(30), || {
         get(base, "/v1/dlq")["dead_letters"]
             .as_array()?
             .first()
@@ -277,7 +261,7 @@ fn retries_then_dead_letter_then_redrive() {
         base,
         json!({"source": "e2e", "detail-type": "fail-reject", "detail": {"k": 2}}),
     );
-    eventually(30, "the rejected delivery", || {
+    eventually("the rejected delivery", Duration::from_secs(30), || {
         let all = get(base, "/v1/dlq")["dead_letters"].as_array()?.clone();
         all.iter()
             .find(|d| d["event"]["detail"]["k"] == 2)
@@ -288,7 +272,7 @@ fn retries_then_dead_letter_then_redrive() {
     // Fix the plugin (echo answers anything), then redrive both.
     node.add_plugin(&built("plugins/fixtures/echo-v1.wasm"), "flaky", None);
     wait_loaded(base, "flaky", Some(&v1));
-    let r: Value = client()
+    let r: Value = http()
         .post(format!("{base}/v1/dlq/redrive"))
         .json(&json!({}))
         .send()
@@ -296,9 +280,11 @@ fn retries_then_dead_letter_then_redrive() {
         .json()
         .unwrap();
     assert_eq!(r["redriven"], 2, "{r}");
-    eventually(30, "the redriven deliveries to succeed", || {
-        (archive(base, json!({"source": ["echo"]})).len() == 2).then_some(())
-    });
+    eventually(
+        "the redriven deliveries to succeed",
+        Duration::from_secs(30),
+        || (archive(base, json!({"source": ["echo"]})).len() == 2).then_some(()),
+    );
     assert_eq!(
         get(base, "/v1/dlq")["dead_letters"]
             .as_array()
@@ -338,22 +324,22 @@ pattern = '{"source": ["replay-test"]}'
             {"source": "replay-test", "detail-type": "x", "detail": {"n": 2}}
         ]),
     );
-    eventually(30, "two echoes", || {
+    eventually("two echoes", Duration::from_secs(30), || {
         (archive(base, json!({"source": ["echo"]})).len() == 2).then_some(())
     });
     std::thread::sleep(Duration::from_millis(1100));
     let until = busbar::event::now_rfc3339();
-    let r = client()
+    let r = http()
         .post(format!("{base}/v1/replays"))
         .json(&json!({"name": "again", "since": since, "until": until, "rules": ["echo"]}))
         .send()
         .unwrap();
     assert!(r.status().is_success(), "start replay: {}", r.status());
-    eventually(30, "the replay to complete", || {
+    eventually("the replay to complete", Duration::from_secs(30), || {
         let s = get(base, "/v1/replays/again");
         (s["state"] == "completed").then_some(s)
     });
-    eventually(30, "four echoes", || {
+    eventually("four echoes", Duration::from_secs(30), || {
         (archive(base, json!({"source": ["echo"]})).len() == 4).then_some(())
     });
     // The replayed originals were not archived a second time.
@@ -384,12 +370,16 @@ plugin = "echo"
         base,
         json!({"source": "start", "detail-type": "go", "detail": {}}),
     );
-    let dl = eventually(30, "the stopped event in the dead-letter queue", || {
-        get(base, "/v1/dlq")["dead_letters"]
-            .as_array()?
-            .first()
-            .cloned()
-    });
+    let dl = eventually(
+        "the stopped event in the dead-letter queue",
+        Duration::from_secs(30),
+        || {
+            get(base, "/v1/dlq")["dead_letters"]
+                .as_array()?
+                .first()
+                .cloned()
+        },
+    );
     assert!(
         dl["last_error"]
             .as_str()
@@ -412,7 +402,7 @@ fn rules_in_the_config_file_reload_when_it_changes() {
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str("[[rules]]\nname = \"added\"\npattern = '{\"source\": [\"x\"]}'\n");
     std::fs::write(&path, &text).unwrap();
-    eventually(10, "the new rule", || {
+    eventually("the new rule", Duration::from_secs(10), || {
         let v = get(base, "/v1/rules");
         let rules = v["rules"].as_array()?.clone();
         rules
@@ -461,16 +451,16 @@ plugin = "testkit"
     );
     node.own_cache();
     node.add_plugin(&built("plugins/fixtures/testkit.wasm"), "testkit", None);
-    let server = node.spawn(&[]);
-    let base = &server.base;
-    eventually(60, "/healthz", || {
-        client()
+    let mut server = node.spawn(&[]);
+    let base = &server.base.clone();
+    eventually("/healthz", Duration::from_secs(60), || {
+        http()
             .get(format!("{base}/healthz"))
             .send()
             .ok()
             .filter(|r| r.status().is_success())
     });
-    let ready = client().get(format!("{base}/readyz")).send().unwrap();
+    let ready = http().get(format!("{base}/readyz")).send().unwrap();
     if !ready.status().is_success() {
         assert_eq!(ready.status(), 503);
         let text = ready.text().unwrap();
@@ -481,7 +471,7 @@ plugin = "testkit"
         json!({"source": "early", "detail-type": "echo", "detail": {"n": 1}}),
     );
     server.wait_ready();
-    let echoed = eventually(30, "the early event's echo", || {
+    let echoed = eventually("the early event's echo", Duration::from_secs(30), || {
         archive(base, json!({"source": ["testkit"]}))
             .into_iter()
             .next()
@@ -506,7 +496,7 @@ fn a_call_in_progress_finishes_when_its_target_is_removed() {
     let base = &server.base;
     wait_loaded(base, "testkit", None);
     let put_rule = |targets: Value| {
-        let r = client()
+        let r = http()
             .put(format!("{base}/v1/rules/default/slow"))
             .json(&json!({"pattern": {"source": ["slow-start"]}, "targets": targets}))
             .send()
@@ -518,7 +508,7 @@ fn a_call_in_progress_finishes_when_its_target_is_removed() {
         base,
         json!({"source": "slow-start", "detail-type": "slow", "detail": {"ms": 1500}}),
     );
-    eventually(30, "the slow call to start", || {
+    eventually("the slow call to start", Duration::from_secs(30), || {
         let targets = get(base, "/v1/targets");
         targets["targets"]
             .as_array()?
@@ -527,22 +517,18 @@ fn a_call_in_progress_finishes_when_its_target_is_removed() {
             .map(|_| ())
     });
     put_rule(json!([]));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let echoed = loop {
-        if let Some(e) = archive(base, json!({"source": ["testkit"]}))
+    let echoed = poll_until(Duration::from_secs(30), || {
+        archive(base, json!({"source": ["testkit"]}))
             .into_iter()
             .next()
-        {
-            break e;
-        }
-        assert!(
-            Instant::now() < deadline,
+    })
+    .unwrap_or_else(|| {
+        panic!(
             "no echo; dead letters: {}\nlog:\n{}",
             get(base, "/v1/dlq"),
             server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        )
+    });
     assert_eq!(echoed["detail"]["ms"], 1500, "{echoed}");
     assert_eq!(get(base, "/v1/dlq")["dead_letters"], json!([]));
 }

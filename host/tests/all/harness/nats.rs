@@ -1,23 +1,14 @@
-//! A real `nats-server -js` on a free loopback port with its own store
-//! directory, killed when dropped. `host/tests/tools.sh` installs it.
-#![allow(dead_code)]
+//! The NATS harness: a real `nats-server -js` on a free loopback port with its
+//! own store directory, killed when dropped. `host/tests/tools.sh` installs it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct NatsServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn binary() -> PathBuf {
@@ -32,7 +23,7 @@ fn binary() -> PathBuf {
 impl NatsServer {
     pub fn start() -> NatsServer {
         let mut s = NatsServer {
-            port: free_port(),
+            port: super::free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
@@ -55,15 +46,12 @@ impl NatsServer {
             .spawn()
             .expect("nats-server must be installed (host/tests/tools.sh installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let port = self.port;
+        super::eventually(
+            &format!("nats-server to listen on {port}"),
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+        );
     }
 
     /// Kills the server (SIGKILL) and leaves it down.

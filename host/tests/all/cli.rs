@@ -1,7 +1,8 @@
 //! The `busbar` binary without a node: help, argument checking, `test-pattern`,
 //! and what the client commands say when no node is listening.
-//! (`cli_e2e.rs` runs the client commands against a real `busbar serve`.)
+//! (`cli_e2e` runs the client commands against a real `busbar serve`.)
 
+use crate::harness::{busbar_bin, free_port, stderr, stdout};
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -10,7 +11,7 @@ fn busbar(args: &[&str]) -> Output {
 }
 
 fn busbar_with_stdin(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_busbar"));
+    let mut cmd = Command::new(busbar_bin());
     cmd.args(args)
         .env_remove("BUSBAR_URL")
         .env_remove("BUSBAR_TOKEN")
@@ -30,18 +31,9 @@ fn code(out: &Output) -> i32 {
     out.status.code().expect("exited normally")
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A port on 127.0.0.1 that nothing listens on (bound, then released).
+/// A port on 127.0.0.1 that nothing listens on.
 fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    free_port()
 }
 
 const SUBCOMMANDS: &[&str] = &[
@@ -300,7 +292,7 @@ fn client_commands_say_when_no_node_listens() {
 #[test]
 fn the_node_address_comes_from_busbar_url_and_accepts_host_port() {
     let port = closed_port();
-    let out = Command::new(env!("CARGO_BIN_EXE_busbar"))
+    let out = Command::new(busbar_bin())
         .args(["rules", "list"])
         .env("BUSBAR_URL", format!("127.0.0.1:{port}"))
         .output()
@@ -315,7 +307,7 @@ fn the_node_address_comes_from_busbar_url_and_accepts_host_port() {
     );
     // The flag wins over the variable.
     let other = closed_port();
-    let out = Command::new(env!("CARGO_BIN_EXE_busbar"))
+    let out = Command::new(busbar_bin())
         .args(["plugins", "--url", &format!("http://127.0.0.1:{other}")])
         .env("BUSBAR_URL", format!("127.0.0.1:{port}"))
         .output()

@@ -1,13 +1,6 @@
 //! Hardening: what a hostile client, a greedy plugin or a careless operator
 //! could do, each tried against the real server (or the real runtime) and
-//! shown to be contained. One test binary, a module per area.
-
-#[path = "../common/mod.rs"]
-mod common;
-#[path = "../plugin_support/mod.rs"]
-mod plugin_support;
-#[path = "../support/mod.rs"]
-mod support;
+//! shown to be contained. A module per area.
 
 mod archive;
 mod edges;

@@ -2,11 +2,10 @@
 //! rules to the autoscaler plugin, whose ScaleTarget answers the built-in
 //! control target applies.
 
-mod support;
-
+use crate::harness::process::{NodeDir, Server};
+use crate::harness::{built, eventually, http, poll_until, repo_root};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
-use support::{NodeDir, Server, built, repo_root};
+use std::time::Duration;
 
 const WORK_RULE: &str = r#"
 [metrics]
@@ -39,15 +38,8 @@ retry = { max_retry_attempts = 0, max_event_age_secs = 60 }
 
 const SLOW_MANIFEST: &str = "[limits]\ntimeout_ms = 5000\ncpu_ms = 1000\n[scaling]\nconcurrency = 1\nmin_concurrency = 1\nmax_concurrency = 8\n";
 
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
 fn target(base: &str, queue: &str) -> Value {
-    let v: Value = client()
+    let v: Value = http()
         .get(format!("{base}/v1/targets"))
         .send()
         .unwrap()
@@ -92,11 +84,9 @@ fn start(with_autoscaler: bool) -> (NodeDir, Server) {
         );
     }
     let server = node.start();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while target(&server.base, "default/work/t")["plugin_loaded"] != true {
-        assert!(Instant::now() < deadline, "plugin slow did not load");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually("plugin slow to load", Duration::from_secs(60), || {
+        (target(&server.base, "default/work/t")["plugin_loaded"] == true).then_some(())
+    });
     (node, server)
 }
 
@@ -105,7 +95,7 @@ fn burst(base: &str, n: usize) {
         .map(|i| json!({"source": "load", "detail-type": "slow", "detail": {"ms": 40, "i": i}}))
         .collect();
     for chunk in events.chunks(100) {
-        let r: Value = client()
+        let r: Value = http()
             .post(format!("{base}/events"))
             .json(&chunk)
             .send()
@@ -122,33 +112,26 @@ fn concurrency_rises_under_a_burst_and_falls_back_after_the_cooldown() {
     let base = &server.base;
     burst(base, 300);
     let mut peak = 1;
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = Value::Null;
     // Out: the backlog drives concurrency up, and the backlog drains.
-    loop {
+    poll_until(Duration::from_secs(90), || {
         let t = target(base, "default/work/t");
         peak = peak.max(t["concurrency"].as_u64().unwrap());
-        if t["backlog"] == 0 && t["in_flight"] == 0 && peak > 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "burst not drained with scaling: {t}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        let drained = t["backlog"] == 0 && t["in_flight"] == 0 && peak > 1;
+        last = t;
+        drained.then_some(())
+    })
+    .unwrap_or_else(|| panic!("burst not drained with scaling: {last}"));
     assert!(peak > 1, "concurrency never rose");
     assert!(peak <= 8, "concurrency {peak} went past the manifest's max");
     // In: once idle and past the cooldown, back to the manifest minimum.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let t = target(base, "default/work/t");
-        if t["concurrency"] == 1 {
-            assert!(t["last_scaling"]["reason"].is_string(), "{t}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "did not scale back in: {t}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let mut last = Value::Null;
+    let t = poll_until(Duration::from_secs(60), || {
+        last = target(base, "default/work/t");
+        (last["concurrency"] == 1).then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("did not scale back in: {last}"));
+    assert!(t["last_scaling"]["reason"].is_string(), "{t}");
 }
 
 #[test]
@@ -156,16 +139,13 @@ fn without_the_autoscaler_concurrency_stays_at_the_manifest_default() {
     let (_node, server) = start(false);
     let base = &server.base;
     burst(base, 60);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let t = target(base, "default/work/t");
-        assert_eq!(t["concurrency"], 1, "{t}");
-        if t["backlog"] == 0 && t["in_flight"] == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "burst not drained: {t}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut last = Value::Null;
+    poll_until(Duration::from_secs(60), || {
+        last = target(base, "default/work/t");
+        assert_eq!(last["concurrency"], 1, "{last}");
+        (last["backlog"] == 0 && last["in_flight"] == 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("burst not drained: {last}"));
 }
 
 /// Decisions come from a plugin granted the control capability: the testkit
@@ -209,7 +189,7 @@ fn scale_decisions_are_clamped_and_unknown_targets_dead_lettered() {
         json!({"source": "decide", "detail-type": "echo",
                "detail": {"target": target, "desired_concurrency": n, "reason": "test"}})
     };
-    let r: Value = client()
+    let r: Value = http()
         .post(format!("{base}/events"))
         .json(&json!([scale("work/t", 100), scale("nope/t", 3)]))
         .send()
@@ -218,34 +198,27 @@ fn scale_decisions_are_clamped_and_unknown_targets_dead_lettered() {
         .unwrap();
     assert_eq!(r["failed"], 0, "{r}");
     // The decider plugin compiles first (a bound, not a timing assertion).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let t = target(base, "default/work/t");
-        if t["concurrency"] == 8 {
-            assert_eq!(t["last_scaling"]["requested"], 100, "{t}");
-            assert_eq!(t["last_scaling"]["clamped"], true, "{t}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "decision not applied: {t}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v: Value = client()
-            .get(format!("{base}/v1/dlq"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        if let Some(d) = v["dead_letters"].as_array().and_then(|a| a.first()) {
-            let reason = d["last_error"].as_str().unwrap();
-            assert!(reason.contains("unknown target nope/t"), "{d}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no dead letter for the unknown target"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut last = Value::Null;
+    let t = poll_until(Duration::from_secs(120), || {
+        last = target(base, "default/work/t");
+        (last["concurrency"] == 8).then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("decision not applied: {last}"));
+    assert_eq!(t["last_scaling"]["requested"], 100, "{t}");
+    assert_eq!(t["last_scaling"]["clamped"], true, "{t}");
+    let d = eventually(
+        "a dead letter for the unknown target",
+        Duration::from_secs(30),
+        || {
+            let v: Value = http()
+                .get(format!("{base}/v1/dlq"))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            v["dead_letters"].as_array()?.first().cloned()
+        },
+    );
+    let reason = d["last_error"].as_str().unwrap();
+    assert!(reason.contains("unknown target nope/t"), "{d}");
 }

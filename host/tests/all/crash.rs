@@ -3,15 +3,14 @@
 //! every event it acknowledged must have reached every matching target at
 //! least once. Duplicates (at-least-once) are counted and reported.
 
-mod support;
-
+use crate::harness::process::NodeDir;
+use crate::harness::{built, http, poll_until};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use support::{NodeDir, built};
+use std::time::Duration;
 
 /// Two rules on the same events; each target tags what it echoes, so the
 /// archive shows which target handled which event.
@@ -140,9 +139,9 @@ fn publish_until(base: &str, stop: &AtomicBool, acked: &Mutex<HashSet<u64>>, rou
 }
 
 fn wait_drained(base: &str) {
-    let client = reqwest::blocking::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let client = http();
+    let mut last = Value::Null;
+    poll_until(Duration::from_secs(120), || {
         let v: Value = client
             .get(format!("{base}/v1/targets"))
             .send()
@@ -152,18 +151,16 @@ fn wait_drained(base: &str) {
         let busy = targets
             .iter()
             .any(|t| t["backlog"].as_u64() != Some(0) || t["in_flight"].as_u64() != Some(0));
-        if !targets.is_empty() && !busy {
-            return;
-        }
-        assert!(Instant::now() < deadline, "queues did not drain: {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        let drained = !targets.is_empty() && !busy;
+        last = v;
+        drained.then_some(())
+    })
+    .unwrap_or_else(|| panic!("queues did not drain: {last}"));
 }
 
 /// (target, n) of every Echoed event in the archive.
 fn archived_echoes(base: &str) -> Vec<(String, u64)> {
-    let client = reqwest::blocking::Client::new();
-    let v: Value = client
+    let v: Value = http()
         .get(format!("{base}/v1/archive"))
         .query(&[
             ("pattern", r#"{"source": ["testkit"]}"#),

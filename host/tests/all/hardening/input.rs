@@ -1,7 +1,8 @@
 //! Bad input that used to get through: size limits, reserved sources, control authority.
 
-use crate::common::{Reply, TestServer, eventually};
-use crate::plugin_support::install;
+use crate::harness::eventually;
+use crate::harness::runtime::install;
+use crate::harness::server::{Reply, TestServer};
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The network edges: slow and idle HTTP clients, tokens, the outbound HTTP allowlist.
 
-use crate::common::TestServer;
+use crate::harness::server::TestServer;
 use busbar::config::Config;
 use serde_json::json;
 use std::io::{ErrorKind, Read, Write};
@@ -173,21 +173,18 @@ fn thousands_of_idle_connections_do_not_starve_the_admitted_ones() {
     }
     // Closed connections give their places back.
     drop(flood);
-    let start = Instant::now();
-    loop {
-        let fresh = reqwest::blocking::Client::builder()
-            .timeout(PATIENCE)
-            .build()
-            .unwrap();
-        if fresh.get(&healthz).send().is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "no new connection admitted after the flood closed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::harness::eventually(
+        "a new connection admitted after the flood closed",
+        PATIENCE,
+        || {
+            let fresh = reqwest::blocking::Client::builder()
+                .timeout(PATIENCE)
+                .build()
+                .unwrap();
+            let r = fresh.get(&healthz).send().ok()?;
+            (r.status() == 200).then_some(())
+        },
+    );
     assert_eq!(server.archived().len(), 20);
 }
 
@@ -217,19 +214,13 @@ async fn a_blank_token_is_refused_at_start() {
     }
 
     // `busbar serve` says the same and exits.
-    let dir = crate::support::NodeDir::new("");
+    let dir = crate::harness::process::NodeDir::new("");
     let mut server = dir.spawn(&[("BUSBAR_ADMIN_TOKEN", "  ")]);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "busbar serve ran with a blank token"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = crate::harness::eventually(
+        "busbar serve to refuse a blank token and exit",
+        PATIENCE,
+        || server.child.try_wait().unwrap(),
+    );
     assert!(!status.success());
     let log = server.log_text();
     assert!(
@@ -290,20 +281,10 @@ fn a_lone_publish_token_also_guards_the_admin_api() {
 #[test]
 fn serve_warns_when_exposed_and_raises_the_open_file_limit() {
     use std::os::unix::process::CommandExt;
-    let dir = crate::support::NodeDir::new("");
-    let log = dir.dir.path().join("server.log");
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_busbar"));
-    command
-        .arg("serve")
-        .arg("--config")
-        .arg(dir.dir.path().join("busbar.toml"))
-        // Bound everywhere, spoken to on loopback only.
-        .env("BUSBAR_LISTEN", format!("0.0.0.0:{}", dir.port))
-        .env("BUSBAR_LOG", "info")
-        .env_remove("BUSBAR_ADMIN_TOKEN")
-        .env_remove("BUSBAR_PUBLISH_TOKEN")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
+    let dir = crate::harness::process::NodeDir::new("");
+    let mut command = dir.command();
+    // Bound everywhere, spoken to on loopback only.
+    command.env("BUSBAR_LISTEN", format!("0.0.0.0:{}", dir.port));
     // SAFETY: only setrlimit, which is async-signal-safe, runs in the child before exec.
     unsafe {
         command.pre_exec(|| {
@@ -317,11 +298,7 @@ fn serve_warns_when_exposed_and_raises_the_open_file_limit() {
             Ok(())
         });
     }
-    let server = crate::support::Server {
-        child: command.spawn().unwrap(),
-        base: dir.base(),
-        log,
-    };
+    let mut server = dir.attach(command.spawn().unwrap());
     server.wait_ready();
     let text = server.log_text();
     assert!(
@@ -370,7 +347,7 @@ fn loopback_sink() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
 }
 
 async fn testkit_get(manifest: &str, url: &str) -> Result<u64, String> {
-    use crate::plugin_support::Harness;
+    use crate::harness::runtime::Harness;
     let manifest = format!("[limits]\ntimeout_ms = 5000\n{manifest}");
     let h = Harness::new(&[("testkit", Some(&manifest))], false).await;
     match h.call("testkit", "http", json!({"url": url})).await {
