@@ -207,38 +207,28 @@ mod tests {
         });
         assert_eq!(details.keys().collect::<Vec<_>>(), ["audit", "default"]);
         let json = serde_json::to_value(&details["default"]).unwrap();
+        let payment = serde_json::json!({
+            "target": "orders/t",
+            "plugin": "payment-check",
+            "backlog": 40,
+            "in_flight": 2,
+            "concurrency": 2,
+            "min_concurrency": 1,
+            "max_concurrency": 8,
+            "processed_per_sec": 12.35,
+            "error_rate": 0.0,
+            "p99_ms": 0.46,
+            "oldest_age_ms": 75
+        });
+        let mut control = payment.clone();
+        control["target"] = "scale/t".into();
+        control["plugin"] = crate::control::CONTROL_PLUGIN.into();
+        control["concurrency"] = 1.into();
         assert_eq!(
             json,
             serde_json::json!({
                 "bus": "default",
-                "targets": [
-                    {
-                        "target": "orders/t",
-                        "plugin": "payment-check",
-                        "backlog": 40,
-                        "in_flight": 2,
-                        "concurrency": 2,
-                        "min_concurrency": 1,
-                        "max_concurrency": 8,
-                        "processed_per_sec": 12.35,
-                        "error_rate": 0.0,
-                        "p99_ms": 0.46,
-                        "oldest_age_ms": 75
-                    },
-                    {
-                        "target": "scale/t",
-                        "plugin": "busbar:control",
-                        "backlog": 40,
-                        "in_flight": 2,
-                        "concurrency": 1,
-                        "min_concurrency": 1,
-                        "max_concurrency": 8,
-                        "processed_per_sec": 12.35,
-                        "error_rate": 0.0,
-                        "p99_ms": 0.46,
-                        "oldest_age_ms": 75
-                    }
-                ],
+                "targets": [payment, control],
                 // The target without a pool is left out; the built-in has no instances.
                 "plugins": [{"name": "payment-check", "instances": 3}]
             })

@@ -194,11 +194,7 @@ impl Handler for ControlHandler {
     /// One worker: decisions are applied one at a time, in the order they
     /// were delivered, so a later decision is never overtaken by an earlier one.
     fn bounds(&self) -> Option<Bounds> {
-        Some(Bounds {
-            default: 1,
-            min: 1,
-            max: 1,
-        })
+        Some(Bounds::SERIAL)
     }
 
     async fn handle(&self, event: Event, _: Delivery) -> Result<Vec<NewEvent>, HandlerError> {
@@ -257,45 +253,60 @@ mod tests {
     use parking_lot::Mutex;
     use std::collections::HashMap;
 
-    /// Targets by queue: (level, min, max, default, last decision).
+    /// One target as the fake scaler keeps it.
+    struct Level {
+        now: usize,
+        min: usize,
+        max: usize,
+        default: usize,
+        last: Option<ScalingDecision>,
+    }
+
+    /// A [`Scaler`] over a map of targets by queue.
     #[derive(Default)]
-    struct Levels(Mutex<HashMap<String, (usize, usize, usize, usize, Option<ScalingDecision>)>>);
+    struct Levels(Mutex<HashMap<String, Level>>);
 
     impl Scaler for Levels {
         fn set_concurrency(&self, queue: &str, desired: usize) -> Option<(usize, usize)> {
             let mut all = self.0.lock();
-            let (level, min, max, _, _) = all.get_mut(queue)?;
-            let before = *level;
-            *level = desired.clamp(*min, *max);
-            Some((before, *level))
+            let t = all.get_mut(queue)?;
+            let before = t.now;
+            t.now = desired.clamp(t.min, t.max);
+            Some((before, t.now))
         }
         fn record_scaling(&self, queue: &str, decision: ScalingDecision) {
             if let Some(t) = self.0.lock().get_mut(queue) {
-                t.4 = Some(decision);
+                t.last = Some(decision);
             }
         }
         fn reset_concurrency(&self, queue: &str) -> Option<usize> {
             let mut all = self.0.lock();
             let t = all.get_mut(queue)?;
-            t.0 = t.3;
-            t.4 = None;
-            Some(t.3)
+            t.now = t.default;
+            t.last = None;
+            Some(t.default)
         }
     }
 
     fn control(dir: &tempfile::TempDir) -> (Arc<Levels>, ControlHandler) {
         let levels = Arc::new(Levels::default());
-        levels
-            .0
-            .lock()
-            .insert("default/orders/pay".into(), (2, 1, 8, 2, None));
+        levels.0.lock().insert(
+            "default/orders/pay".into(),
+            Level {
+                now: 2,
+                min: 1,
+                max: 8,
+                default: 2,
+                last: None,
+            },
+        );
         let runtime = crate::dispatch::handler::tests::empty_runtime(dir);
         let scaler: Weak<dyn Scaler> = Arc::<Levels>::downgrade(&levels);
         (levels, ControlHandler::new(scaler, runtime))
     }
 
     fn level(levels: &Levels) -> usize {
-        levels.0.lock()["default/orders/pay"].0
+        levels.0.lock()["default/orders/pay"].now
     }
 
     #[test]
@@ -314,14 +325,14 @@ mod tests {
         );
         assert_eq!(d.by.as_deref(), Some("autoscaler"));
         assert_eq!(level(&levels), 8);
-        assert_eq!(levels.0.lock()["default/orders/pay"].4, Some(d));
+        assert_eq!(levels.0.lock()["default/orders/pay"].last, Some(d));
 
         // Another plugin's unloading leaves it; its own puts the default back.
         control.forget_decider("rewards");
         assert_eq!(level(&levels), 8);
         control.forget_decider("autoscaler");
         assert_eq!(level(&levels), 2);
-        assert_eq!(levels.0.lock()["default/orders/pay"].4, None);
+        assert_eq!(levels.0.lock()["default/orders/pay"].last, None);
     }
 
     #[test]

@@ -24,13 +24,21 @@ pub struct Bounds {
 }
 
 impl Bounds {
+    /// Exactly one worker: for a handler that must take its events one at a
+    /// time, in the order they were delivered.
+    pub const SERIAL: Bounds = Bounds {
+        default: 1,
+        min: 1,
+        max: 1,
+    };
+
     /// A target whose handler is not ready has no bounds yet: it starts at one
     /// worker with room for up to 16, and takes its handler's bounds once ready.
     pub fn unknown(cap: usize) -> Bounds {
         Bounds {
             default: 1,
             min: 1,
-            max: cap.min(16).max(1),
+            max: cap.clamp(1, 16),
         }
     }
 
@@ -194,9 +202,9 @@ pub(crate) mod tests {
         }
         fn bounds(&self) -> Option<Bounds> {
             Some(Bounds {
-                default: 1,
+                default: 2,
                 min: 1,
-                max: 1,
+                max: 4,
             })
         }
         async fn handle(&self, _: Event, _: Delivery) -> Result<Vec<NewEvent>, HandlerError> {
@@ -254,7 +262,7 @@ pub(crate) mod tests {
         handlers.register("busbar:fixed", Arc::new(Fixed));
         let h = handlers.resolve("busbar:fixed");
         assert!(h.ready());
-        assert_eq!(h.bounds().map(|b| b.max), Some(1));
+        assert_eq!(h.bounds().map(|b| b.max), Some(4));
         let out = h.handle(event(), delivery()).await.unwrap();
         assert_eq!(out[0].source, "fixed");
         // Other names are still plugins.
