@@ -7,7 +7,7 @@ use crate::bus::embedded::{EmbeddedBus, EmbeddedConfig};
 use crate::bus::{Bus, PublishError, PublishOptions};
 use crate::config::Config;
 use crate::control::{ControlHandler, Scaler};
-use crate::dispatch::{DeliveryOutcome, DispatchConfig, Dispatcher};
+use crate::dispatch::{DeliveryOutcome, DispatchConfig, Dispatcher, Superseded};
 use crate::event::{Event, EventLimits};
 use crate::pattern::Limits;
 use crate::rules::{BusInfo, Rule, RuleError, RuleOrigin, RuleSet, RuleState, Target};
@@ -166,8 +166,11 @@ impl Node {
                 event_limits,
                 clock: clock.clone(),
                 // Two intervals: one late metrics event still counts, older ones are history.
-                metrics_stale_after: (config.metrics.interval_secs > 0)
-                    .then(|| Duration::from_secs(2 * config.metrics.interval_secs)),
+                superseded: (config.metrics.interval_secs > 0).then(|| Superseded {
+                    source: crate::control::METRICS_SOURCE,
+                    detail_type: crate::control::METRICS_DETAIL_TYPE,
+                    after: Duration::from_secs(2 * config.metrics.interval_secs),
+                }),
                 ..Default::default()
             },
         );

@@ -33,8 +33,8 @@ pub const CONTROL_PLUGIN: &str = "busbar:control";
 /// Source and detail-type of the metrics events.
 pub const METRICS_SOURCE: &str = "busbar";
 pub const METRICS_DETAIL_TYPE: &str = "Target Metrics";
-/// The extension attribute naming the plugin whose handler produced an event.
-pub const PRODUCER_EXTENSION: &str = "busbarproducer";
+/// The extension attribute naming the plugin that published a decision.
+pub use crate::dispatch::PRODUCER_EXTENSION;
 
 /// The detail of a `ScaleTarget` event.
 #[derive(Debug, Clone, Deserialize)]

@@ -45,11 +45,23 @@ pub struct DispatchConfig {
     pub event_limits: EventLimits,
     /// Event ages and retry due times are read on this clock (a test may advance it).
     pub clock: Arc<crate::clock::Clock>,
-    /// A `Target Metrics` delivery older than this is superseded by fresher
-    /// metrics: it is dropped (counted), not delivered stale or dead-lettered.
-    /// `None`: metrics never go stale (no metrics loop).
-    pub metrics_stale_after: Option<std::time::Duration>,
+    /// Periodic events that a fresher one replaces (busbar's metrics): a
+    /// delivery of one older than its bound is dropped (counted), not
+    /// delivered stale or dead-lettered. `None`: no event goes stale.
+    pub superseded: Option<Superseded>,
 }
+
+/// A kind of event, by source and detail-type, that goes stale after `after`.
+#[derive(Debug, Clone)]
+pub struct Superseded {
+    pub source: &'static str,
+    pub detail_type: &'static str,
+    pub after: std::time::Duration,
+}
+
+/// The extension attribute naming the plugin whose handler produced an event
+/// (stamped on every event a handler returns; no client can set it).
+pub const PRODUCER_EXTENSION: &str = "busbarproducer";
 
 impl Default for DispatchConfig {
     fn default() -> Self {
@@ -58,7 +70,7 @@ impl Default for DispatchConfig {
             max_workers_per_target: 256,
             event_limits: EventLimits::default(),
             clock: Default::default(),
-            metrics_stale_after: None,
+            superseded: None,
         }
     }
 }
@@ -414,13 +426,13 @@ impl Dispatcher {
         }
     }
 
-    /// True for busbar's own `Target Metrics` event once older than the staleness bound.
+    /// True for an event of the superseded kind once older than its bound.
     fn superseded(&self, event: &Event, age_ms: u64) -> bool {
-        self.config
-            .metrics_stale_after
-            .is_some_and(|after| age_ms > after.as_millis() as u64)
-            && event.source == crate::control::METRICS_SOURCE
-            && event.detail_type == crate::control::METRICS_DETAIL_TYPE
+        self.config.superseded.as_ref().is_some_and(|s| {
+            age_ms > s.after.as_millis() as u64
+                && event.source == s.source
+                && event.detail_type == s.detail_type
+        })
     }
 
     /// The event as this target receives it: its detail replaced by the target's
@@ -475,7 +487,7 @@ impl Dispatcher {
                     e.hops = hops;
                     crate::telemetry::stamp_current(&mut e);
                     e.extensions.insert(
-                        crate::control::PRODUCER_EXTENSION.into(),
+                        PRODUCER_EXTENSION.into(),
                         serde_json::Value::String(d.plugin.clone()),
                     );
                     if hops > self.config.hop_limit {
