@@ -11,14 +11,13 @@
 //! installs it). The nodes and the server share the machine's cores, so on a
 //! small machine the numbers are CPU-bound, not network-bound.
 
-#[path = "../tests/cluster/nats_server.rs"]
-mod nats_server;
-
 use busbar::bus::embedded::{EmbeddedBus, EmbeddedConfig};
 use busbar::bus::nats::{NatsBus, NatsConfig};
-use busbar::bus::{Bus, PublishOptions, Route, Router, Settle};
+use busbar::bus::{Bus, RoutedEvent, Settle};
 use busbar::event::{Event, EventInput, EventLimits};
+use busbar::rules::Route;
 use serde_json::json;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,14 +28,67 @@ const PUBLISHERS: usize = 4;
 const WORKERS: usize = 16;
 const QUEUE: &str = "default/bench/t";
 
-struct One;
-impl Router for One {
-    fn route(&self, _: &Event, _: &[u8]) -> Vec<Route> {
-        vec![Route {
+/// A `nats-server -js` on a free loopback port with its own store, killed on drop.
+struct NatsServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (host/tests/tools.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsServer {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every event goes to the one bench target (what publishing does above the store).
+fn routed(event: Event) -> RoutedEvent {
+    RoutedEvent {
+        json: serde_json::to_vec(&event).unwrap(),
+        routes: vec![Route {
             rule: "bench".into(),
             target: "t".into(),
             plugin: "p".into(),
-        }]
+        }],
+        rules: vec!["bench".into()],
+        archive: true,
+        event,
     }
 }
 
@@ -77,11 +129,8 @@ async fn run(nodes: Vec<Arc<dyn Bus>>) -> f64 {
                 .collect::<Vec<_>>()
                 .chunks(BATCH)
             {
-                let events = chunk.iter().map(|&i| event(i)).collect();
-                let res = bus
-                    .publish(events, PublishOptions::default())
-                    .await
-                    .unwrap();
+                let events = chunk.iter().map(|&i| routed(event(i))).collect();
+                let res = bus.publish(events).await.unwrap();
                 assert!(
                     res.iter().all(|r| r.is_ok()),
                     "{:?}",
@@ -126,7 +175,7 @@ fn main() {
     );
     let embedded = rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let bus = EmbeddedBus::open(EmbeddedConfig::new(dir.path()), Arc::new(One)).unwrap();
+        let bus = EmbeddedBus::open(EmbeddedConfig::new(dir.path())).unwrap();
         run(vec![bus as Arc<dyn Bus>]).await
     });
     println!(
@@ -136,12 +185,12 @@ fn main() {
         1e6 / embedded
     );
     for n in 1..=3 {
-        let nats = nats_server::NatsServer::start();
+        let nats = NatsServer::start();
         let rate = rt.block_on(async {
             let mut nodes: Vec<Arc<dyn Bus>> = Vec::new();
             for _ in 0..n {
                 let c = NatsConfig::from_url(&nats.url()).unwrap();
-                nodes.push(NatsBus::connect(c, Arc::new(One)).await.unwrap());
+                nodes.push(NatsBus::connect(c).await.unwrap());
             }
             run(nodes).await
         });

@@ -15,6 +15,7 @@ pub mod event;
 pub mod ingest;
 pub mod node;
 pub mod pattern;
+pub mod publish;
 pub mod rules;
 pub mod runtime;
 pub mod telemetry;

@@ -4,12 +4,13 @@
 //! the integration tests do the same in-process or as a child process.
 
 use crate::bus::embedded::{EmbeddedBus, EmbeddedConfig};
-use crate::bus::{Bus, PublishError, PublishOptions};
+use crate::bus::{Bus, PublishError};
 use crate::config::Config;
 use crate::control::{ControlHandler, Scaler};
 use crate::dispatch::{DeliveryOutcome, DispatchConfig, Dispatcher, Superseded};
 use crate::event::{Event, EventLimits};
 use crate::pattern::Limits;
+use crate::publish::{PublishOptions, Publisher};
 use crate::rules::{BusInfo, Rule, RuleError, RuleOrigin, RuleSet, RuleState, Target};
 use crate::runtime::{Runtime, RuntimeConfig};
 use anyhow::Context;
@@ -35,6 +36,8 @@ pub struct Node {
     pub config_path: Option<PathBuf>,
     pub bus: Arc<dyn Bus>,
     pub rules: Arc<RuleSet>,
+    /// The one way events become durable (see [`crate::publish`]).
+    pub publisher: Publisher,
     pub runtime: Arc<Runtime>,
     pub dispatcher: Arc<Dispatcher>,
     /// The control target's handler (registered with the dispatcher).
@@ -92,7 +95,7 @@ impl Node {
                 ec.max_queue_backlog = config.delivery.max_queue_backlog;
                 ec.max_total_backlog = config.delivery.max_total_backlog;
                 ec.clock = clock.clone();
-                EmbeddedBus::open(ec, rules.clone())
+                EmbeddedBus::open(ec)
                     .with_context(|| format!("opening the store in {}", data_dir.display()))?
             }
             Some(url) => {
@@ -101,7 +104,7 @@ impl Node {
                 nc.max_total_backlog = config.delivery.max_total_backlog;
                 nc.archive_retention = Duration::from_secs(config.archive.retention_days * 86_400);
                 nc.clock = clock.clone();
-                crate::bus::nats::NatsBus::connect(nc, rules.clone())
+                crate::bus::nats::NatsBus::connect(nc)
                     .await
                     .with_context(|| format!("starting the JetStream bus on {url}"))?
             }
@@ -184,6 +187,7 @@ impl Node {
         let node = Arc::new(Node {
             config,
             config_path,
+            publisher: Publisher::new(rules.clone(), bus.clone()),
             bus,
             rules,
             runtime,
@@ -212,37 +216,11 @@ impl Node {
         events: Vec<Event>,
         options: PublishOptions,
     ) -> Vec<Result<(), PublishError>> {
-        let n = events.len();
-        // Events for unknown buses are refused one by one; the rest go in one commit.
-        let mut results: Vec<Option<Result<(), PublishError>>> = vec![None; n];
-        let mut accepted = Vec::with_capacity(n);
-        let mut slots = Vec::with_capacity(n);
-        for (i, e) in events.into_iter().enumerate() {
-            if self.rules.has_bus(&e.bus) {
-                slots.push(i);
-                accepted.push(e);
-            } else {
-                results[i] = Some(Err(PublishError::NoSuchBus(format!(
-                    "Event bus {} does not exist.",
-                    e.bus
-                ))));
-            }
-        }
-        match self.bus.publish(accepted, options).await {
-            Ok(out) => {
-                for (slot, r) in slots.iter().zip(out) {
-                    results[*slot] = Some(r);
-                }
-            }
-            Err(e) => {
-                for slot in &slots {
-                    results[*slot] = Some(Err(PublishError::Store(e.to_string())));
-                }
-            }
-        }
-        results
+        self.publisher
+            .publish(events, &options)
+            .await
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(PublishError::Store("not processed".into()))))
+            .map(|r| r.map(|_rules| ()))
             .collect()
     }
 
@@ -280,6 +258,12 @@ impl Node {
                 ))
                 .into());
             }
+            Some(r) if r.origin == RuleOrigin::Config => {
+                return Err(RuleError::Conflict(format!(
+                    "rule {name} is defined in the config file; remove it there"
+                ))
+                .into());
+            }
             Some(r) if !r.targets.is_empty() => {
                 return Err(RuleError::Conflict(format!(
                     "Rule can't be deleted since it has targets. Remove the targets of rule {name} first."
@@ -288,9 +272,9 @@ impl Node {
             }
             Some(_) => {}
         }
-        self.rules.remove(bus, name)?;
+        // Persist, then apply: a failed write leaves the live rule as the store has it.
         self.bus.delete_rule(bus, name).await?;
-        Ok(())
+        already_applied(self.rules.remove(bus, name).map(|_| ()))
     }
 
     /// Edits a stored API rule (targets, state) and persists the result.
@@ -395,9 +379,10 @@ impl Node {
     }
 
     pub async fn delete_bus(&self, name: &str) -> Result<(), ChangeError> {
-        self.rules.remove_bus(name)?;
+        // Validate, persist, then apply, as every rule change does.
+        self.rules.check_remove_bus(name)?;
         self.bus.delete_bus(name).await?;
-        Ok(())
+        already_applied(self.rules.remove_bus(name))
     }
 
     fn spawn_tail_forwarder(self: &Arc<Self>) {
@@ -510,6 +495,16 @@ impl Node {
                 }
             }
         });
+    }
+}
+
+/// A removal that finds nothing to remove after its write succeeded was applied
+/// already: on a shared store the write comes back through the watch of stored
+/// rules, which may apply it before the writer does.
+fn already_applied(r: Result<(), RuleError>) -> Result<(), ChangeError> {
+    match r {
+        Err(RuleError::NotFound(_)) => Ok(()),
+        r => Ok(r?),
     }
 }
 

@@ -61,28 +61,33 @@ pub fn exporting() -> bool {
     }
 }
 
-/// The span of one event being accepted; `rules` names the rules it matched.
+/// The span of one event being accepted. Its `rules` field is filled in with
+/// [`record_rules`] once the event is routed and committed (routing happens once,
+/// in `crate::publish`, after the span has stamped the event).
 /// While exporting, the event is stamped with the span's context (unless it came
 /// with its own), which is how its deliveries find their parent.
-pub fn publish_span(
-    event: &mut Event,
-    surface: &str,
-    rules: impl FnOnce(&Event) -> String,
-) -> Span {
-    // Matching again for the span costs a few microseconds an event: only paid
-    // when the span goes somewhere (an exporter, or a log at debug level).
+pub fn publish_span(event: &mut Event, surface: &str) -> Span {
+    // Only built when it goes somewhere (an exporter, or a log at debug level).
     let exporting = exporting();
     if !exporting && !tracing::enabled!(tracing::Level::DEBUG) {
         return Span::none();
     }
     let span = tracing::info_span!("publish", event = %event.id, source = %event.source,
-        detail_type = %event.detail_type, bus = %event.bus, surface, rules = %rules(event));
+        detail_type = %event.detail_type, bus = %event.bus, surface,
+        rules = tracing::field::Empty);
     if exporting {
         adopt_parent(&span, event);
         stamp(event, &span);
     }
     tracing::debug!(parent: &span, "accepted");
     span
+}
+
+/// Records on a publish span the rules its event was routed to.
+pub fn record_rules(span: &Span, rules: &[String]) {
+    if !span.is_disabled() {
+        span.record("rules", rules.join(",").as_str());
+    }
 }
 
 /// The span of one delivery attempt, a child of the span that published the event.

@@ -66,7 +66,7 @@ type PublishReply = oneshot::Sender<Result<Vec<Result<(), PublishError>>, BusErr
 
 enum Op {
     Publish {
-        events: Vec<Result<Prepared, PublishError>>,
+        events: Vec<Prepared>,
         reply: PublishReply,
     },
     Settle {
@@ -93,16 +93,15 @@ struct Prepared {
 }
 
 impl Inner {
-    fn prepare(
-        &self,
-        event: &Event,
-        only_rules: Option<&[String]>,
-        archive: bool,
-    ) -> Result<Prepared, PublishError> {
-        let json = serde_json::to_vec(event)
-            .map_err(|e| PublishError::Store(format!("event {}: {e}", event.id)))?;
-        let routes = self.router.route_only(event, &json, only_rules);
-        let committed = Committed::of(self.observer.get(), event, &routes);
+    fn prepare(&self, routed: RoutedEvent) -> Prepared {
+        let committed = Committed::of(self.observer.get(), &routed);
+        let RoutedEvent {
+            event,
+            json,
+            routes,
+            archive,
+            ..
+        } = routed;
         let now = self.config.clock.now_ms();
         let mut deliveries = Vec::with_capacity(routes.len());
         for route in routes {
@@ -124,12 +123,12 @@ impl Inner {
             let record = d.record(&json);
             deliveries.push((d, record));
         }
-        Ok(Prepared {
+        Prepared {
             json,
             archive,
             deliveries,
             committed,
-        })
+        }
     }
 }
 
@@ -149,7 +148,6 @@ struct QueueState {
 struct Inner {
     db: Arc<Database>,
     config: EmbeddedConfig,
-    router: Arc<dyn Router>,
     queues: DashMap<String, Arc<Queue>>,
     total_backlog: AtomicUsize,
     dead_count: AtomicUsize,
@@ -191,9 +189,8 @@ enum After {
 }
 
 impl EmbeddedBus {
-    /// Opens (or creates) the store and starts its committer thread. The router is
-    /// consulted inside each commit to turn events into deliveries.
-    pub fn open(config: EmbeddedConfig, router: Arc<dyn Router>) -> Result<Arc<Self>, BusError> {
+    /// Opens (or creates) the store and starts its committer thread.
+    pub fn open(config: EmbeddedConfig) -> Result<Arc<Self>, BusError> {
         if let Some(dir) = config.path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| BusError::Store(format!("cannot create {}: {e}", dir.display())))?;
@@ -212,7 +209,6 @@ impl EmbeddedBus {
         let inner = Arc::new(Inner {
             db,
             config,
-            router,
             queues: DashMap::new(),
             total_backlog: AtomicUsize::new(0),
             dead_count: AtomicUsize::new(0),
@@ -368,11 +364,8 @@ impl Inner {
                     match op {
                         Op::Publish { events, reply } => {
                             let mut results = Vec::with_capacity(events.len());
-                            for e in events {
-                                results.push(match e {
-                                    Ok(p) => w.publish(p, true)?,
-                                    Err(e) => Err(e),
-                                });
+                            for p in events {
+                                results.push(w.publish(p, true)?);
                             }
                             replies.push(Reply::Publish(reply, results));
                         }
@@ -649,21 +642,12 @@ impl EmbeddedBus {
 impl Bus for EmbeddedBus {
     async fn publish(
         &self,
-        events: Vec<Event>,
-        options: PublishOptions,
+        events: Vec<RoutedEvent>,
     ) -> Result<Vec<Result<(), PublishError>>, BusError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let only = options.only_rules.as_deref();
-        let events = events
-            .into_iter()
-            .map(|e| {
-                // Replayed events are in the archive already.
-                let archive = !options.skip_archive && e.replay_name.is_none();
-                self.inner.prepare(&e, only, archive)
-            })
-            .collect();
+        let events = events.into_iter().map(|e| self.inner.prepare(e)).collect();
         let (reply, rx) = oneshot::channel();
         self.send(Op::Publish { events, reply })?;
         rx.await
@@ -707,19 +691,11 @@ impl Bus for EmbeddedBus {
 
     async fn settle(&self, delivery: Delivery, mut outcome: Settle) -> Result<(), BusError> {
         let mut outputs = Vec::new();
-        if let Settle::Ack {
-            new_events,
-            stopped,
-        } = &mut outcome
-        {
-            for e in std::mem::take(new_events) {
-                match self.inner.prepare(&e, None, e.replay_name.is_none()) {
-                    Ok(p) => outputs.push(p),
-                    Err(err) => {
-                        stopped.push((e, format!("could not store the output: {}", err.message())))
-                    }
-                }
-            }
+        if let Settle::Ack { new_events, .. } = &mut outcome {
+            outputs = std::mem::take(new_events)
+                .into_iter()
+                .map(|e| self.inner.prepare(e))
+                .collect();
         }
         let (reply, rx) = oneshot::channel();
         self.send(Op::Settle {
@@ -1002,19 +978,29 @@ mod tests {
     use serde_json::json;
     use std::time::Duration;
 
-    /// Routes every event whose source starts with "to-" to one target named after the rest.
-    struct BySource;
-    impl Router for BySource {
-        fn route(&self, e: &Event, _json: &[u8]) -> Vec<Route> {
-            match e.source.strip_prefix("to-") {
-                Some(t) => vec![Route {
-                    rule: "r".into(),
-                    target: t.into(),
-                    plugin: t.into(),
-                }],
-                None => vec![],
-            }
-        }
+    /// Routes every event whose source starts with "to-" to one target named after
+    /// the rest (what `crate::publish` does with real rules, above the store).
+    fn by_source(events: Vec<Event>) -> Vec<RoutedEvent> {
+        events
+            .into_iter()
+            .map(|e| {
+                let routes = match e.source.strip_prefix("to-") {
+                    Some(t) => vec![Route {
+                        rule: "r".into(),
+                        target: t.into(),
+                        plugin: t.into(),
+                    }],
+                    None => vec![],
+                };
+                RoutedEvent {
+                    json: serde_json::to_vec(&e).unwrap(),
+                    archive: e.replay_name.is_none(),
+                    event: e,
+                    rules: routes.iter().map(|r| r.rule.clone()).collect(),
+                    routes,
+                }
+            })
+            .collect()
     }
 
     fn event(source: &str) -> Event {
@@ -1025,7 +1011,7 @@ mod tests {
     }
 
     fn open(dir: &Path) -> Arc<EmbeddedBus> {
-        EmbeddedBus::open(EmbeddedConfig::new(dir), Arc::new(BySource)).unwrap()
+        EmbeddedBus::open(EmbeddedConfig::new(dir)).unwrap()
     }
 
     async fn take(bus: &EmbeddedBus, q: &str) -> Delivery {
@@ -1066,10 +1052,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bus = open(dir.path());
         let res = bus
-            .publish(
-                vec![event("to-a"), event("nowhere")],
-                PublishOptions::default(),
-            )
+            .publish(by_source(vec![event("to-a"), event("nowhere")]))
             .await
             .unwrap();
         assert_eq!(res, vec![Ok(()), Ok(())]);
@@ -1080,7 +1063,7 @@ mod tests {
         bus.settle(
             d,
             Settle::Ack {
-                new_events: vec![out],
+                new_events: by_source(vec![out]),
                 stopped: vec![],
             },
         )
@@ -1100,9 +1083,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = {
             let bus = open(dir.path());
-            bus.publish(vec![event("to-a")], PublishOptions::default())
-                .await
-                .unwrap();
+            bus.publish(by_source(vec![event("to-a")])).await.unwrap();
             // Taken but never settled: as if the process died during the plugin call.
             take(&bus, "default/r/a").await.id
         };
@@ -1127,9 +1108,7 @@ mod tests {
     async fn retry_waits_until_due_and_keeps_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let bus = open(dir.path());
-        bus.publish(vec![event("to-a")], PublishOptions::default())
-            .await
-            .unwrap();
+        bus.publish(by_source(vec![event("to-a")])).await.unwrap();
         let mut d = take(&bus, "default/r/a").await;
         d.attempts = 1;
         let due = now_ms() + 300;
@@ -1152,12 +1131,9 @@ mod tests {
     async fn dead_letters_list_redrive_and_purge() {
         let dir = tempfile::tempdir().unwrap();
         let bus = open(dir.path());
-        bus.publish(
-            vec![event("to-a"), event("to-a")],
-            PublishOptions::default(),
-        )
-        .await
-        .unwrap();
+        bus.publish(by_source(vec![event("to-a"), event("to-a")]))
+            .await
+            .unwrap();
         for _ in 0..2 {
             let mut d = take(&bus, "default/r/a").await;
             d.attempts = 3;
@@ -1193,17 +1169,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = EmbeddedConfig::new(dir.path());
         cfg.max_queue_backlog = 2;
-        let bus = EmbeddedBus::open(cfg, Arc::new(BySource)).unwrap();
+        let bus = EmbeddedBus::open(cfg).unwrap();
         let res = bus
-            .publish(
-                vec![
-                    event("to-a"),
-                    event("to-a"),
-                    event("to-a"),
-                    event("elsewhere"),
-                ],
-                PublishOptions::default(),
-            )
+            .publish(by_source(vec![
+                event("to-a"),
+                event("to-a"),
+                event("to-a"),
+                event("elsewhere"),
+            ]))
             .await
             .unwrap();
         assert_eq!(res[0], Ok(()));
@@ -1223,9 +1196,7 @@ mod tests {
         for _ in 0..200 {
             let bus = bus.clone();
             tasks.push(tokio::spawn(async move {
-                bus.publish(vec![event("to-a")], PublishOptions::default())
-                    .await
-                    .unwrap()
+                bus.publish(by_source(vec![event("to-a")])).await.unwrap()
             }));
         }
         for t in tasks {
@@ -1240,7 +1211,7 @@ mod tests {
         let bus = open(dir.path());
         let mut replayed = event("to-a");
         replayed.replay_name = Some("r1".into());
-        bus.publish(vec![event("x"), replayed], PublishOptions::default())
+        bus.publish(by_source(vec![event("x"), replayed]))
             .await
             .unwrap();
         let q = || ArchiveQuery::new(10, all());
@@ -1269,9 +1240,7 @@ mod tests {
         let bus = open(dir.path());
         let sources: Vec<String> = (0..25).map(|i| format!("s{i}")).collect();
         let events = sources.iter().map(|s| event(s)).collect();
-        bus.publish(events, PublishOptions::default())
-            .await
-            .unwrap();
+        bus.publish(by_source(events)).await.unwrap();
 
         // A filter that takes nothing still answers after `budget.events` reads.
         let none: ArchiveFilter = Arc::new(|_: &Event, _: &[u8]| false);
@@ -1303,14 +1272,10 @@ mod tests {
     async fn archive_time_ranges_are_key_ranges() {
         let dir = tempfile::tempdir().unwrap();
         let bus = open(dir.path());
-        bus.publish(vec![event("old")], PublishOptions::default())
-            .await
-            .unwrap();
+        bus.publish(by_source(vec![event("old")])).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         let since = now_ms();
-        bus.publish(vec![event("new")], PublishOptions::default())
-            .await
-            .unwrap();
+        bus.publish(by_source(vec![event("new")])).await.unwrap();
         let until = now_ms();
         let mut q = ArchiveQuery::new(10, all());
         q.since_ms = Some(since);

@@ -5,8 +5,11 @@
 //! JetStream backend lets several nodes share the work. Everything above this
 //! trait (ingest, dispatch, the admin API) is the same for both.
 //!
+//! The bus is a store only: events arrive already serialized and routed
+//! ([`RoutedEvent`], made by `crate::publish`); it knows nothing of rules.
+//!
 //! The contract every backend keeps:
-//! - `publish` returns only once the events *and the deliveries they routed to*
+//! - `publish` returns only once the events *and the deliveries of their routes*
 //!   are durable, so an acknowledged event is never lost and never unrouted.
 //! - `settle` with [`Settle::Ack`] removes the delivery and appends the
 //!   handler's new events (and their deliveries) in one commit: both or neither.
@@ -17,41 +20,23 @@ pub mod embedded;
 pub mod nats;
 
 use crate::event::Event;
-use crate::rules::{BusInfo, Rule};
+use crate::rules::{BusInfo, Route, Rule};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// Where a matched event goes: one (rule, target) and the plugin behind it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Route {
-    pub rule: String,
-    pub target: String,
-    pub plugin: String,
-}
-
-impl Route {
-    pub fn queue_key(&self, bus: &str) -> String {
-        crate::rules::queue_key(bus, &self.rule, &self.target)
-    }
-}
-
-/// Decides the routes of an event. The rule set implements it; the bus calls it
-/// before the commit that stores the event and writes the deliveries in that same
-/// commit, so routing is durable with the event.
-pub trait Router: Send + Sync + 'static {
-    /// `json` is the event as serialized for the store (`serde_json::to_vec(event)`):
-    /// the matcher scans those bytes instead of building a JSON tree.
-    fn route(&self, event: &Event, json: &[u8]) -> Vec<Route>;
-
-    /// [`Router::route`], kept to the rules in `only` when given (a replay to named rules).
-    fn route_only(&self, event: &Event, json: &[u8], only: Option<&[String]>) -> Vec<Route> {
-        let mut routes = self.route(event, json);
-        if let Some(only) = only {
-            routes.retain(|r| only.iter().any(|n| n == &r.rule));
-        }
-        routes
-    }
+/// An event ready for the store: serialized once and routed once, above the
+/// store (see `crate::publish`). The backend writes `json` to the archive (when
+/// `archive`) and one delivery per route, in one commit; it never routes.
+#[derive(Debug, Clone)]
+pub struct RoutedEvent {
+    pub event: Event,
+    /// `serde_json::to_vec(&event)`: what the archive and every delivery record hold.
+    pub json: Vec<u8>,
+    pub routes: Vec<Route>,
+    /// Every rule it matched, targets or not (reported to the [`CommitObserver`]).
+    pub rules: Vec<String>,
+    pub archive: bool,
 }
 
 /// An event a backend has just made durable, with the rules it was routed to.
@@ -73,25 +58,15 @@ pub trait CommitObserver: Send + Sync + 'static {
 }
 
 impl Committed {
-    /// The report of `event` routed to `routes`, when `observer` wants it.
-    fn of(
-        observer: Option<&Arc<dyn CommitObserver>>,
-        event: &Event,
-        routes: &[Route],
-    ) -> Option<Committed> {
+    /// The report of `routed`, when `observer` wants it.
+    fn of(observer: Option<&Arc<dyn CommitObserver>>, routed: &RoutedEvent) -> Option<Committed> {
         let observer = observer?;
         if !observer.wants() {
             return None;
         }
-        let mut rules: Vec<String> = Vec::new();
-        for r in routes {
-            if !rules.contains(&r.rule) {
-                rules.push(r.rule.clone());
-            }
-        }
         Some(Committed {
-            event: event.clone(),
-            rules,
+            event: routed.event.clone(),
+            rules: routed.rules.clone(),
         })
     }
 }
@@ -165,11 +140,11 @@ impl Delivery {
 /// How a delivery ended this time.
 #[derive(Debug, Clone)]
 pub enum Settle {
-    /// Done. `new_events` are the handler's output, appended and routed in the
-    /// same commit; `stopped` are outputs refused (e.g. over the hop limit),
+    /// Done. `new_events` are the handler's output, routed above the store and
+    /// appended in the same commit; `stopped` are outputs refused (e.g. over the hop limit),
     /// dead-lettered with their reason in that commit too.
     Ack {
-        new_events: Vec<Event>,
+        new_events: Vec<RoutedEvent>,
         stopped: Vec<(Event, String)>,
     },
     /// Try again at `due_ms`.
@@ -228,15 +203,6 @@ impl PublishError {
             PublishError::Throttled(m) | PublishError::NoSuchBus(m) | PublishError::Store(m) => m,
         }
     }
-}
-
-/// Options of one publish call.
-#[derive(Debug, Clone, Default)]
-pub struct PublishOptions {
-    /// Replays set this: such events are not archived again.
-    pub skip_archive: bool,
-    /// Route only to these rules (a replay to named rules).
-    pub only_rules: Option<Vec<String>>,
 }
 
 /// Size and age of one delivery queue.
@@ -468,11 +434,10 @@ redb_errors!(
 /// The storage seam. See the module docs for the contract.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Durably appends `events` with their deliveries; one result per event, in order.
+    /// Durably appends `events` with a delivery per route; one result per event, in order.
     async fn publish(
         &self,
-        events: Vec<Event>,
-        options: PublishOptions,
+        events: Vec<RoutedEvent>,
     ) -> Result<Vec<Result<(), PublishError>>, BusError>;
 
     /// Waits until a delivery of `queue` is due and hands it out. `None` when the bus closes.

@@ -17,7 +17,7 @@ pub mod retry;
 pub mod stats;
 mod view;
 
-use crate::bus::{Bus, Delivery, Settle};
+use crate::bus::{Bus, Delivery, RoutedEvent, Settle};
 use crate::event::{Event, EventInput, EventLimits};
 use crate::rules::transform::{TransformContext, render_target_input};
 use crate::rules::{RuleSet, Target};
@@ -469,7 +469,7 @@ impl Dispatcher {
         &self,
         d: &Delivery,
         outputs: Vec<runtime::NewEvent>,
-    ) -> (Vec<Event>, Vec<(Event, String)>) {
+    ) -> (Vec<RoutedEvent>, Vec<(Event, String)>) {
         let hops = d.event.hops + 1;
         let mut ok = Vec::with_capacity(outputs.len());
         let mut stopped = Vec::new();
@@ -503,7 +503,18 @@ impl Dispatcher {
                         );
                         stopped.push((e, reason));
                     } else {
-                        ok.push(e);
+                        // Routed here, once, and appended with the ack in one commit.
+                        match crate::publish::route(&self.rules, e, &Default::default()) {
+                            Ok(routed) => ok.push(routed),
+                            Err(err) => stopped.push((
+                                d.event.clone(),
+                                format!(
+                                    "output {i} of plugin {} could not be stored: {}",
+                                    d.plugin,
+                                    err.message()
+                                ),
+                            )),
+                        }
                     }
                 }
                 Err(err) => {

@@ -4,8 +4,9 @@
 //! reads its range a page at a time, following the archive's cursor, so it
 //! reaches every event of the range with one page in memory.
 
-use crate::bus::{ArchiveFilter, ArchivePages, ArchiveQuery, PublishOptions};
+use crate::bus::{ArchiveFilter, ArchivePages, ArchiveQuery};
 use crate::node::Node;
+use crate::publish::PublishOptions;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

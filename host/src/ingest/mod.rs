@@ -246,21 +246,22 @@ pub async fn publish_entries(
     // One span per event, open until its commit: the root of the event's trace.
     let spans: Vec<tracing::Span> = events
         .iter_mut()
-        .map(|e| {
-            crate::telemetry::publish_span(e, surface.label(), |e| {
-                node.rules.matching_rules(e).join(",")
-            })
-        })
+        .map(|e| crate::telemetry::publish_span(e, surface.label()))
         .collect();
     let results = if events.is_empty() {
         Vec::new()
     } else {
-        node.publish(events).await
+        node.publisher.publish(events, &Default::default()).await
     };
+    for (span, result) in spans.iter().zip(&results) {
+        if let Ok(rules) = result {
+            crate::telemetry::record_rules(span, rules);
+        }
+    }
     drop(spans);
     for ((slot, id), result) in slots.into_iter().zip(ids).zip(results) {
         outcomes[slot] = Some(match result {
-            Ok(()) => EntryOutcome::Accepted { id },
+            Ok(_rules) => EntryOutcome::Accepted { id },
             Err(e) => EntryOutcome::Failed {
                 code: e.code(),
                 message: e.message().to_string(),

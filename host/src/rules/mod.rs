@@ -7,8 +7,22 @@ pub mod transform;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub use set::{Compiled, RuleError, RuleSet};
+pub use set::{Compiled, Routing, RuleError, RuleSet};
 pub use transform::{InputTransformer, TransformError};
+
+/// Where a matched event goes: one (rule, target) and the plugin behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub rule: String,
+    pub target: String,
+    pub plugin: String,
+}
+
+impl Route {
+    pub fn queue_key(&self, bus: &str) -> String {
+        queue_key(bus, &self.rule, &self.target)
+    }
+}
 
 /// A rule: on one bus, a pattern, and the targets that get every matching event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,8 +3,8 @@
 //! Changes build a whole new [`Compiled`] aside and swap it in, so routing
 //! never waits for a rule change and never sees half of one.
 
+use super::Route;
 use super::{BusInfo, Rule, RuleOrigin, RuleState, Target};
-use crate::bus::{Route, Router};
 use crate::event::{DEFAULT_BUS, Event};
 use crate::pattern::{Limits, Matcher, Pattern};
 use arc_swap::ArcSwap;
@@ -38,6 +38,15 @@ pub struct Compiled {
     pub targets: BTreeMap<String, (Rule, Target)>,
 }
 
+/// What routing decided for one event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routing {
+    /// Every enabled rule it matched, targets or not (what the tail and spans show).
+    pub rules: Vec<String>,
+    /// One per target of those rules: the deliveries to write.
+    pub routes: Vec<Route>,
+}
+
 /// One bus's matcher; its ids index `routes` and `names`.
 struct BusMatcher {
     matcher: Matcher<usize>,
@@ -52,6 +61,8 @@ pub struct RuleSet {
     write: Mutex<()>,
     limits: Limits,
     version: watch::Sender<u64>,
+    /// Calls of [`RuleSet::route`]: one per event published, whatever watches it.
+    matched: std::sync::atomic::AtomicU64,
 }
 
 impl RuleSet {
@@ -63,6 +74,7 @@ impl RuleSet {
             write: Mutex::new(()),
             limits,
             version: watch::channel(0).0,
+            matched: Default::default(),
         })
     }
 
@@ -321,6 +333,11 @@ impl RuleSet {
     pub fn put_bus(&self, info: BusInfo) -> Result<(), RuleError> {
         crate::event::validate_bus_name(&info.name).map_err(|e| RuleError::Invalid(e.message))?;
         self.change(|c| {
+            // The same bus again is no change: on a shared store this node's own write
+            // comes back through the watch, possibly before the writer applies it.
+            if c.buses.get(&info.name) == Some(&info) {
+                return Ok(());
+            }
             if c.buses.contains_key(&info.name) {
                 return Err(RuleError::Conflict(format!(
                     "Event bus {} already exists.",
@@ -334,23 +351,16 @@ impl RuleSet {
 
     pub fn remove_bus(&self, name: &str) -> Result<(), RuleError> {
         self.change(|c| {
-            if name == DEFAULT_BUS {
-                return Err(RuleError::Invalid(
-                    "Cannot delete event bus default.".into(),
-                ));
-            }
-            if c.buses.remove(name).is_none() {
-                return Err(RuleError::NotFound(format!(
-                    "Event bus {name} does not exist."
-                )));
-            }
-            if c.rules.keys().any(|(b, _)| b == name) {
-                return Err(RuleError::Conflict(format!(
-                    "Event bus {name} still has rules; delete them first."
-                )));
-            }
+            check_bus_removal(c, name)?;
+            c.buses.remove(name);
             Ok(())
         })
+    }
+
+    /// Why [`RuleSet::remove_bus`] would refuse `name` now, if it would: checked
+    /// before the store is written, so a refused delete writes nothing.
+    pub fn check_remove_bus(&self, name: &str) -> Result<(), RuleError> {
+        check_bus_removal(&self.current.load(), name)
     }
 
     pub fn has_bus(&self, name: &str) -> bool {
@@ -372,40 +382,60 @@ fn default_bus() -> BusInfo {
     }
 }
 
-impl RuleSet {
-    /// Names of the enabled rules an event matches, targets or not (for tail and tests).
-    pub fn matching_rules(&self, event: &Event) -> Vec<String> {
-        let c = self.current.load();
-        let Some(m) = c.matchers.get(&event.bus) else {
-            return Vec::new();
-        };
-        // Bytes and the raw scanner: cheaper than building a `Value` tree.
-        let Ok(json) = serde_json::to_vec(event) else {
-            return Vec::new();
-        };
-        let Ok(mut ids) = m.matcher.matches_json(&json) else {
-            return Vec::new();
-        };
-        ids.sort_unstable();
-        ids.into_iter().map(|i| m.names[i].clone()).collect()
+fn check_bus_removal(c: &Compiled, name: &str) -> Result<(), RuleError> {
+    if name == DEFAULT_BUS {
+        return Err(RuleError::Invalid(
+            "Cannot delete event bus default.".into(),
+        ));
     }
+    if !c.buses.contains_key(name) {
+        return Err(RuleError::NotFound(format!(
+            "Event bus {name} does not exist."
+        )));
+    }
+    if c.rules.keys().any(|(b, _)| b == name) {
+        return Err(RuleError::Conflict(format!(
+            "Event bus {name} still has rules; delete them first."
+        )));
+    }
+    Ok(())
 }
 
-impl Router for RuleSet {
-    fn route(&self, event: &Event, json: &[u8]) -> Vec<Route> {
+impl RuleSet {
+    /// The routes of an event: one per target of every enabled rule it matches,
+    /// kept to the rules in `only` when given (a replay to named rules). `json` is
+    /// the event as serialized for the store (`serde_json::to_vec(event)`): the
+    /// matcher scans those bytes instead of building a JSON tree. This is the one
+    /// match an event gets (see `crate::publish`); [`RuleSet::match_count`] counts them.
+    pub fn route(&self, event: &Event, json: &[u8], only: Option<&[String]>) -> Routing {
+        self.matched
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("busbar_events_routed_total").increment(1);
+        let mut out = Routing::default();
         let c = self.current.load();
         let Some(m) = c.matchers.get(&event.bus) else {
-            return Vec::new();
+            return out;
         };
         // The bytes are serde_json's own output, so they parse; an error would mean
         // an event no rule can read, which routes nowhere.
         let Ok(mut ids) = m.matcher.matches_json(json) else {
-            return Vec::new();
+            return out;
         };
         ids.sort_unstable();
         metrics::counter!("busbar_matches_total").increment(ids.len() as u64);
-        ids.into_iter()
-            .flat_map(|i| m.routes[i].iter().cloned())
-            .collect()
+        for i in ids {
+            let name = &m.names[i];
+            if only.is_some_and(|only| !only.contains(name)) {
+                continue;
+            }
+            out.rules.push(name.clone());
+            out.routes.extend(m.routes[i].iter().cloned());
+        }
+        out
+    }
+
+    /// Events routed so far (calls of [`RuleSet::route`]).
+    pub fn match_count(&self) -> u64 {
+        self.matched.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -6,32 +6,54 @@ use crate::harness::eventually_async;
 use crate::harness::nats::NatsServer;
 use busbar::bus::nats::{NatsBus, NatsConfig};
 use busbar::bus::{
-    ArchiveFilter, ArchivePages, ArchiveQuery, Bus, Delivery, PublishError, PublishOptions, Route,
-    Router, Settle, StoredChange, now_ms,
+    ArchiveFilter, ArchivePages, ArchiveQuery, Bus, Delivery, PublishError, RoutedEvent, Settle,
+    StoredChange, now_ms,
 };
 use busbar::event::{Event, EventInput, EventLimits};
-use busbar::rules::{BusInfo, Rule, RuleOrigin, RuleState};
+use busbar::publish::PublishOptions;
+use busbar::rules::{BusInfo, Route, Rule, RuleOrigin, RuleState};
 use busbar::runtime::KvBackend;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Routes events whose source is "to-X" to target X of rule "r" (plugin X).
-struct BySource;
-impl Router for BySource {
-    fn route(&self, e: &Event, _json: &[u8]) -> Vec<Route> {
-        match e.source.strip_prefix("to-") {
-            Some(t) => t
-                .split('+')
-                .map(|t| Route {
-                    rule: "r".into(),
-                    target: t.into(),
-                    plugin: t.into(),
-                })
-                .collect(),
-            None => vec![],
-        }
-    }
+/// Routes events whose source is "to-X" to target X of rule "r" (plugin X; "to-X+Y"
+/// to both), as `busbar::publish` does with real rules above the store.
+fn routed(events: Vec<Event>, options: PublishOptions) -> Vec<RoutedEvent> {
+    events
+        .into_iter()
+        .map(|e| {
+            let routes: Vec<Route> = match e.source.strip_prefix("to-") {
+                Some(t) => t
+                    .split('+')
+                    .map(|t| Route {
+                        rule: "r".into(),
+                        target: t.into(),
+                        plugin: t.into(),
+                    })
+                    .filter(|r| {
+                        options
+                            .only_rules
+                            .as_ref()
+                            .is_none_or(|o| o.contains(&r.rule))
+                    })
+                    .collect(),
+                None => vec![],
+            };
+            RoutedEvent {
+                json: serde_json::to_vec(&e).unwrap(),
+                archive: !options.skip_archive && e.replay_name.is_none(),
+                rules: routes.iter().map(|r| r.rule.clone()).take(1).collect(),
+                event: e,
+                routes,
+            }
+        })
+        .collect()
+}
+
+/// [`routed`] with the default options.
+fn by_source(events: Vec<Event>) -> Vec<RoutedEvent> {
+    routed(events, PublishOptions::default())
 }
 
 fn event(source: &str) -> Event {
@@ -44,7 +66,7 @@ fn event(source: &str) -> Event {
 async fn node_with(url: &str, f: impl FnOnce(&mut NatsConfig)) -> Arc<NatsBus> {
     let mut c = NatsConfig::from_url(url).unwrap();
     f(&mut c);
-    NatsBus::connect(c, Arc::new(BySource)).await.unwrap()
+    NatsBus::connect(c).await.unwrap()
 }
 
 async fn node(url: &str) -> Arc<NatsBus> {
@@ -60,7 +82,7 @@ async fn take(bus: &NatsBus, q: &str) -> Delivery {
 
 fn ack() -> Settle {
     Settle::Ack {
-        new_events: vec![],
+        new_events: by_source(vec![]),
         stopped: vec![],
     }
 }
@@ -78,10 +100,7 @@ async fn nodes_share_a_queue_and_outputs_are_routed_with_the_ack() {
     let nats = NatsServer::start();
     let (a, b) = (node(&nats.url()).await, node(&nats.url()).await);
     let res = a
-        .publish(
-            vec![event("to-x"), event("nowhere")],
-            PublishOptions::default(),
-        )
+        .publish(by_source(vec![event("to-x"), event("nowhere")]))
         .await
         .unwrap();
     assert_eq!(res, vec![Ok(()), Ok(())]);
@@ -93,7 +112,7 @@ async fn nodes_share_a_queue_and_outputs_are_routed_with_the_ack() {
     b.settle(
         d,
         Settle::Ack {
-            new_events: vec![event("to-y")],
+            new_events: by_source(vec![event("to-y")]),
             stopped: vec![],
         },
     )
@@ -111,9 +130,7 @@ async fn nodes_share_a_queue_and_outputs_are_routed_with_the_ack() {
     let sources: Vec<_> = archived.iter().map(|e| e.source.as_str()).collect();
     assert_eq!(sources, ["to-x", "nowhere", "to-y"]);
     // A settled delivery cannot be settled twice.
-    let again = a
-        .publish(vec![event("to-x")], PublishOptions::default())
-        .await;
+    let again = a.publish(by_source(vec![event("to-x")])).await;
     assert_eq!(again.unwrap(), vec![Ok(())]);
     let d3 = take(&a, "default/r/x").await;
     a.settle(d3.clone(), ack()).await.unwrap();
@@ -126,7 +143,7 @@ async fn each_matching_target_gets_the_event_and_work_is_split() {
     let (a, b) = (node(&nats.url()).await, node(&nats.url()).await);
     let events: Vec<Event> = (0..40).map(|_| event("to-p+q")).collect();
     let ids: std::collections::BTreeSet<String> = events.iter().map(|e| e.id.clone()).collect();
-    a.publish(events, PublishOptions::default()).await.unwrap();
+    a.publish(by_source(events)).await.unwrap();
     for q in ["default/r/p", "default/r/q"] {
         // Two nodes take concurrently; together they see every event once.
         let mut seen = std::collections::BTreeSet::new();
@@ -153,9 +170,7 @@ async fn each_matching_target_gets_the_event_and_work_is_split() {
 async fn retry_waits_until_due_and_counts_attempts() {
     let nats = NatsServer::start();
     let a = node(&nats.url()).await;
-    a.publish(vec![event("to-x")], PublishOptions::default())
-        .await
-        .unwrap();
+    a.publish(by_source(vec![event("to-x")])).await.unwrap();
     let d = take(&a, "default/r/x").await;
     let id = d.id.clone();
     let due = now_ms() + 400;
@@ -181,9 +196,7 @@ async fn a_silent_node_s_delivery_goes_to_another_node() {
     let nats = NatsServer::start();
     let url = format!("{}?ack_wait_ms=1000", nats.url());
     let (a, b) = (node(&url).await, node(&url).await);
-    a.publish(vec![event("to-x")], PublishOptions::default())
-        .await
-        .unwrap();
+    a.publish(by_source(vec![event("to-x")])).await.unwrap();
     let taken = take(&a, "default/r/x").await;
     // Node a dies mid-call: it never settles.
     a.close();
@@ -203,9 +216,7 @@ async fn a_delivery_no_worker_claims_goes_to_another_node() {
     // concurrency change cancels it); the fetch it started stays open on the server.
     let gave_up = tokio::time::timeout(Duration::from_millis(300), a.take("default/r/u")).await;
     assert!(gave_up.is_err(), "nothing to take yet");
-    a.publish(vec![event("to-u")], PublishOptions::default())
-        .await
-        .unwrap();
+    a.publish(by_source(vec![event("to-u")])).await.unwrap();
     // The open fetch receives the delivery; no worker of a will take it.
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Node b's worker gets it within `take`'s 10 s, before ack_wait (30 s) would free it.
@@ -219,9 +230,7 @@ async fn a_forgotten_queue_leaves_no_consumer_on_the_server() {
     use futures::StreamExt;
     let nats = NatsServer::start();
     let a = node(&nats.url()).await;
-    a.publish(vec![event("to-gone")], PublishOptions::default())
-        .await
-        .unwrap();
+    a.publish(by_source(vec![event("to-gone")])).await.unwrap();
     let d = take(&a, "default/r/gone").await;
     a.settle(d, ack()).await.unwrap();
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
@@ -246,12 +255,9 @@ async fn a_forgotten_queue_leaves_no_consumer_on_the_server() {
 async fn dead_letters_are_shared_and_redriven_by_any_node() {
     let nats = NatsServer::start();
     let (a, b) = (node(&nats.url()).await, node(&nats.url()).await);
-    a.publish(
-        vec![event("to-x"), event("to-x")],
-        PublishOptions::default(),
-    )
-    .await
-    .unwrap();
+    a.publish(by_source(vec![event("to-x"), event("to-x")]))
+        .await
+        .unwrap();
     for _ in 0..2 {
         let mut d = take(&a, "default/r/x").await;
         d.attempts = 3;
@@ -306,13 +312,9 @@ async fn the_same_event_id_is_stored_once() {
     let nats = NatsServer::start();
     let (a, b) = (node(&nats.url()).await, node(&nats.url()).await);
     let e = event("to-x");
-    a.publish(vec![e.clone()], PublishOptions::default())
-        .await
-        .unwrap();
+    a.publish(by_source(vec![e.clone()])).await.unwrap();
     // A client retrying through another node within the duplicate window.
-    b.publish(vec![e.clone()], PublishOptions::default())
-        .await
-        .unwrap();
+    b.publish(by_source(vec![e.clone()])).await.unwrap();
     let d = take(&a, "default/r/x").await;
     assert_eq!(d.event.id, e.id);
     // Take registers the queue; once counts refresh, nothing else is waiting.
@@ -338,18 +340,18 @@ async fn replays_are_not_archived_and_the_archive_expires() {
     let a = node(&nats.url()).await;
     let mut replayed = event("to-x");
     replayed.replay_name = Some("r1".into());
-    a.publish(vec![event("x"), replayed], PublishOptions::default())
+    a.publish(by_source(vec![event("x"), replayed]))
         .await
         .unwrap();
     // A replay to named rules routes only to them.
     let res = a
-        .publish(
+        .publish(routed(
             vec![event("to-y")],
             PublishOptions {
                 skip_archive: true,
                 only_rules: Some(vec!["other".into()]),
             },
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(res, vec![Ok(())]);
@@ -386,17 +388,12 @@ async fn the_archive_pages_with_a_cursor_and_seeks_by_time() {
     let nats = NatsServer::start();
     let a = node(&nats.url()).await;
     let early: Vec<String> = (0..25).map(|i| format!("early-{i}")).collect();
-    a.publish(
-        early.iter().map(|s| event(s)).collect(),
-        PublishOptions::default(),
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let since = now_ms();
-    a.publish(vec![event("late")], PublishOptions::default())
+    a.publish(by_source(early.iter().map(|s| event(s)).collect()))
         .await
         .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since = now_ms();
+    a.publish(by_source(vec![event("late")])).await.unwrap();
 
     // A filter that takes nothing still answers after the budget, with a cursor.
     let none: ArchiveFilter = Arc::new(|_: &Event, _: &[u8]| false);
@@ -432,15 +429,12 @@ async fn full_queues_throttle_publishers() {
     let nats = NatsServer::start();
     let a = node_with(&nats.url(), |c| c.max_queue_backlog = 2).await;
     let res = a
-        .publish(
-            vec![
-                event("to-x"),
-                event("to-x"),
-                event("to-x"),
-                event("elsewhere"),
-            ],
-            PublishOptions::default(),
-        )
+        .publish(by_source(vec![
+            event("to-x"),
+            event("to-x"),
+            event("to-x"),
+            event("elsewhere"),
+        ]))
         .await
         .unwrap();
     assert_eq!(res[..2], [Ok(()), Ok(())]);
@@ -573,19 +567,14 @@ async fn rule_changes_reach_every_node() {
 async fn a_nats_restart_fails_publishes_loudly_then_work_resumes() {
     let mut nats = NatsServer::start();
     let (a, b) = (node(&nats.url()).await, node(&nats.url()).await);
-    a.publish(vec![event("to-x")], PublishOptions::default())
-        .await
-        .unwrap();
+    a.publish(by_source(vec![event("to-x")])).await.unwrap();
     let d = take(&b, "default/r/x").await;
     b.settle(d, ack()).await.unwrap();
     nats.stop();
     // While the server is down every event gets an error, never a silent Ok.
     let mut refused = 0;
     for _ in 0..3 {
-        let res = a
-            .publish(vec![event("to-x")], PublishOptions::default())
-            .await
-            .unwrap();
+        let res = a.publish(by_source(vec![event("to-x")])).await.unwrap();
         assert!(matches!(res[0], Err(PublishError::Store(_))), "{res:?}");
         refused += 1;
     }
@@ -594,10 +583,7 @@ async fn a_nats_restart_fails_publishes_loudly_then_work_resumes() {
     // The client reconnects by itself; publishing works again once it has.
     let mut published = None;
     for _ in 0..100 {
-        let res = a
-            .publish(vec![event("to-x")], PublishOptions::default())
-            .await
-            .unwrap();
+        let res = a.publish(by_source(vec![event("to-x")])).await.unwrap();
         if res[0].is_ok() {
             published = Some(());
             break;

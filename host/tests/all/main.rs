@@ -27,3 +27,4 @@ mod otlp;
 mod pattern_conformance;
 mod pattern_props;
 mod runtime;
+mod single_pass;

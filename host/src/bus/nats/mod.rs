@@ -112,7 +112,6 @@ pub(crate) struct Inner {
     config: NatsConfig,
     client: async_nats::Client,
     js: jetstream::Context,
-    router: Arc<dyn Router>,
     deliveries: stream::Stream,
     archive: stream::Stream,
     dlq: stream::Stream,
@@ -147,10 +146,7 @@ fn store_err(what: &str, e: impl std::fmt::Display) -> BusError {
 impl NatsBus {
     /// Connects, creates the streams and buckets if they are missing, and starts
     /// the loop that keeps queue counts fresh.
-    pub async fn connect(
-        config: NatsConfig,
-        router: Arc<dyn Router>,
-    ) -> Result<Arc<Self>, BusError> {
+    pub async fn connect(config: NatsConfig) -> Result<Arc<Self>, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name("busbar")
             .connection_timeout(config.request_timeout)
@@ -207,7 +203,6 @@ impl NatsBus {
             config,
             client,
             js,
-            router,
             deliveries,
             archive,
             dlq,
@@ -251,13 +246,12 @@ impl Inner {
         )
     }
 
-    /// Routes and publishes `events`; `ids[i]` is the base of event i's message
-    /// ids. `bounded`: apply the per-queue backlog bound (ingest, not handler output).
+    /// Publishes routed `events`; `ids[i]` is the base of event i's message ids.
+    /// `bounded`: apply the per-queue backlog bound (ingest, not handler output).
     async fn publish_routed(
         &self,
-        events: &[Event],
+        events: Vec<RoutedEvent>,
         ids: &[String],
-        options: &PublishOptions,
         bounded: bool,
     ) -> Vec<Result<(), PublishError>> {
         let mut results: Vec<Result<(), PublishError>> = vec![Ok(()); events.len()];
@@ -271,18 +265,16 @@ impl Inner {
         let mut out = Vec::new();
         let mut added: std::collections::HashMap<String, usize> = Default::default();
         let mut committed: Vec<Option<Committed>> = vec![None; events.len()];
-        for (i, (event, base)) in events.iter().zip(ids).enumerate() {
-            let payload = match serde_json::to_vec(event) {
-                Ok(p) => Bytes::from(p),
-                Err(e) => {
-                    results[i] = Err(PublishError::Store(format!("event {}: {e}", event.id)));
-                    continue;
-                }
-            };
-            let routes = self
-                .router
-                .route_only(event, &payload, options.only_rules.as_deref());
-            committed[i] = Committed::of(self.observer.get(), event, &routes);
+        for (i, (routed, base)) in events.into_iter().zip(ids).enumerate() {
+            committed[i] = Committed::of(self.observer.get(), &routed);
+            let RoutedEvent {
+                event,
+                json,
+                routes,
+                archive,
+                ..
+            } = routed;
+            let payload = Bytes::from(json);
             let keys: Vec<String> = routes.iter().map(|r| r.queue_key(&event.bus)).collect();
             if bounded
                 && let Some(msg) = keys.iter().find_map(|k| {
@@ -298,7 +290,7 @@ impl Inner {
                 results[i] = Err(PublishError::Throttled(msg));
                 continue;
             }
-            if !options.skip_archive && event.replay_name.is_none() {
+            if archive {
                 out.push(Outgoing {
                     event: i,
                     subject: names::archive_subject(&event.bus),
@@ -401,17 +393,13 @@ impl Inner {
 impl Bus for NatsBus {
     async fn publish(
         &self,
-        events: Vec<Event>,
-        options: PublishOptions,
+        events: Vec<RoutedEvent>,
     ) -> Result<Vec<Result<(), PublishError>>, BusError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(BusError::Closed);
         }
-        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        Ok(self
-            .inner
-            .publish_routed(&events, &ids, &options, true)
-            .await)
+        let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
+        Ok(self.inner.publish_routed(events, &ids, true).await)
     }
 
     async fn take(&self, queue: &str) -> Option<Delivery> {

@@ -526,9 +526,7 @@ async fn settle_message(
             let ids: Vec<String> = (0..new_events.len())
                 .map(|i| format!("{}:{i}", d.id))
                 .collect();
-            let results = inner
-                .publish_routed(&new_events, &ids, &PublishOptions::default(), false)
-                .await;
+            let results = inner.publish_routed(new_events, &ids, false).await;
             Inner::first_error(results)?;
             for (i, (event, reason)) in stopped.into_iter().enumerate() {
                 let mut stop = d.clone();
