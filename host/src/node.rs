@@ -6,6 +6,7 @@
 use crate::bus::embedded::{EmbeddedBus, EmbeddedConfig};
 use crate::bus::{Bus, PublishError};
 use crate::config::Config;
+use crate::control::metrics::MetricsLoop;
 use crate::control::{ControlHandler, Scaler};
 use crate::dispatch::{DeliveryOutcome, DispatchConfig, Dispatcher, Superseded};
 use crate::event::{Event, EventLimits};
@@ -37,12 +38,14 @@ pub struct Node {
     pub bus: Arc<dyn Bus>,
     pub rules: Arc<RuleSet>,
     /// The one way events become durable (see [`crate::publish`]).
-    pub publisher: Publisher,
+    pub publisher: Arc<Publisher>,
     pub runtime: Arc<Runtime>,
     pub dispatcher: Arc<Dispatcher>,
     /// The control target's handler (registered with the dispatcher).
     pub control: Arc<ControlHandler>,
-    pub replays: Arc<crate::dispatch::replay::Replays>,
+    pub replays: Arc<crate::publish::replay::Replays>,
+    /// busbar's own `Target Metrics` events, the autoscaler's input.
+    pub metrics: Arc<MetricsLoop>,
     pub event_limits: EventLimits,
     pub tail: broadcast::Sender<TailItem>,
     /// Set once the plugins found at start are loaded (or failed to load).
@@ -184,16 +187,23 @@ impl Node {
         dispatcher.register_handler(crate::control::CONTROL_PLUGIN, control.clone());
         crate::control::start(&control, &runtime);
         dispatcher.start();
+        let publisher = Arc::new(Publisher::new(rules.clone(), bus.clone()));
         let node = Arc::new(Node {
             config,
             config_path,
-            publisher: Publisher::new(rules.clone(), bus.clone()),
+            replays: Arc::new(crate::publish::replay::Replays::new(publisher.clone())),
+            metrics: Arc::new(MetricsLoop {
+                dispatcher: dispatcher.clone(),
+                runtime: runtime.clone(),
+                publisher: publisher.clone(),
+                limits: event_limits,
+            }),
+            publisher,
             bus,
             rules,
             runtime,
             control,
             dispatcher,
-            replays: Default::default(),
             event_limits,
             tail,
             plugins_loaded,
@@ -202,7 +212,7 @@ impl Node {
         node.spawn_tail_forwarder();
         node.spawn_retention();
         node.spawn_config_watch();
-        crate::control::metrics::spawn(node.clone());
+        node.metrics.spawn(node.config.metrics.interval_secs);
         Ok(node)
     }
 

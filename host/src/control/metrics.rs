@@ -7,9 +7,10 @@
 //! (`plugins/autoscaler`) parses.
 
 use super::{METRICS_DETAIL_TYPE, METRICS_SOURCE};
-use crate::dispatch::TargetView;
-use crate::event::EventInput;
-use crate::node::Node;
+use crate::dispatch::{Dispatcher, TargetView};
+use crate::event::{EventInput, EventLimits};
+use crate::publish::Publisher;
+use crate::runtime::Runtime;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -67,22 +68,66 @@ pub struct PluginInstances {
     pub instances: u32,
 }
 
-/// Publishes the metrics events of `node` every `metrics.interval_secs`
-/// (never when that is 0).
-pub fn spawn(node: Arc<Node>) {
-    let secs = node.config.metrics.interval_secs;
-    if secs == 0 {
-        return;
-    }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(secs));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            publish_once(&node).await;
+/// What the metrics loop reads (the dispatcher's target views, the runtime's
+/// instance counts) and where it publishes: no more of the node than that.
+pub struct MetricsLoop {
+    pub dispatcher: Arc<Dispatcher>,
+    pub runtime: Arc<Runtime>,
+    pub publisher: Arc<Publisher>,
+    pub limits: EventLimits,
+}
+
+impl MetricsLoop {
+    /// Publishes the metrics events every `interval_secs` (never when it is 0).
+    pub fn spawn(self: &Arc<Self>, interval_secs: u64) {
+        if interval_secs == 0 {
+            return;
         }
-    });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(interval_secs));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                me.publish_once().await;
+            }
+        });
+    }
+
+    /// Publishes the metrics events once (the loop's body; tests call it directly).
+    pub async fn publish_once(&self) {
+        let views = self.dispatcher.targets();
+        let mut events = Vec::new();
+        for (bus, detail) in snapshot(&views, |plugin| self.runtime.live_instances(plugin)) {
+            let detail = match serde_json::to_value(&detail) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, bus, "metrics event not published");
+                    continue;
+                }
+            };
+            let input = EventInput {
+                source: Some(METRICS_SOURCE.into()),
+                detail_type: Some(METRICS_DETAIL_TYPE.into()),
+                detail: Some(detail),
+                bus: Some(bus),
+                ..Default::default()
+            };
+            match input.into_event(&self.limits) {
+                Ok(e) => events.push(e),
+                Err(e) => tracing::warn!(error = %e, "metrics event not published"),
+            }
+        }
+        if events.is_empty() {
+            return;
+        }
+        for r in self.publisher.publish(events, &Default::default()).await {
+            if let Err(e) = r {
+                tracing::warn!(error = e.message(), "metrics event not published");
+            }
+        }
+    }
 }
 
 /// The metrics detail of every bus that has a target with workers, from the
@@ -128,37 +173,6 @@ pub fn snapshot(
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
-}
-
-/// Publishes the metrics events once (the loop's body; tests call it directly).
-pub async fn publish_once(node: &Node) {
-    let views = node.dispatcher.targets();
-    let mut events = Vec::new();
-    for (bus, detail) in snapshot(&views, |plugin| node.runtime.live_instances(plugin)) {
-        let detail = match serde_json::to_value(&detail) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, bus, "metrics event not published");
-                continue;
-            }
-        };
-        let input = EventInput {
-            source: Some(METRICS_SOURCE.into()),
-            detail_type: Some(METRICS_DETAIL_TYPE.into()),
-            detail: Some(detail),
-            bus: Some(bus),
-            ..Default::default()
-        };
-        match input.into_event(&node.event_limits) {
-            Ok(e) => events.push(e),
-            Err(e) => tracing::warn!(error = %e, "metrics event not published"),
-        }
-    }
-    for r in node.publish(events).await {
-        if let Err(e) = r {
-            tracing::warn!(error = e.message(), "metrics event not published");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -232,7 +232,7 @@ fn authorize(runtime: &Runtime, producer: Option<&str>) -> Result<(), String> {
 }
 
 /// Undoes the decisions of every plugin that is unloaded from now on (the
-/// metrics loop is started apart, see [`metrics::spawn`]).
+/// metrics loop is started apart, see [`metrics::MetricsLoop::spawn`]).
 pub fn start(control: &Arc<ControlHandler>, runtime: &Runtime) {
     let control = control.clone();
     let mut changes = runtime.subscribe();

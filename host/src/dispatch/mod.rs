@@ -12,7 +12,6 @@
 
 pub mod handler;
 mod orphans;
-pub mod replay;
 pub mod retry;
 pub mod stats;
 mod view;

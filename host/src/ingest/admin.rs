@@ -23,10 +23,10 @@ use super::errors::ApiError;
 use super::limits::read_body;
 use super::{NodeState, authorize};
 use crate::bus::{ArchiveCursor, ArchiveFilter, ArchiveQuery};
-use crate::dispatch::replay::ReplayRequest;
 use crate::event::parse_json_bytes;
 use crate::node::Node;
 use crate::pattern::Pattern;
+use crate::publish::replay::ReplayRequest;
 use crate::rules::{Rule, RuleOrigin, RuleState, Target};
 use axum::Json;
 use axum::Router;
@@ -401,7 +401,7 @@ async fn start_replay(
     }
     let status = node
         .replays
-        .start(node.clone(), req)
+        .start(req)
         .map_err(|m| ApiError::bad_request("InvalidArgument", m))?;
     Ok((StatusCode::ACCEPTED, Json(json!(status))))
 }

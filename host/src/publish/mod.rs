@@ -7,6 +7,8 @@
 //! ack). So each event is matched exactly once, and the store, the tail and the
 //! spans all see the routes that were committed.
 
+pub mod replay;
+
 use crate::bus::{Bus, PublishError, RoutedEvent};
 use crate::event::Event;
 use crate::rules::RuleSet;
@@ -50,6 +52,16 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(rules: Arc<RuleSet>, bus: Arc<dyn Bus>) -> Publisher {
         Publisher { rules, bus }
+    }
+
+    /// The rules events are routed by.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// The store events are appended to.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
     }
 
     /// Publishes validated events: for each, in order, the rules it was routed to

@@ -128,7 +128,7 @@ fn waiting_metrics_events_are_superseded_not_dead_lettered() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(busbar::control::metrics::publish_once(&s.node));
+    rt.block_on(s.node.metrics.publish_once());
     let order =
         json!({"source": "order-service", "detail-type": "OrderCreated", "detail": {"amount": 1}});
     assert_eq!(s.post_json("/events", &order).status, 200);

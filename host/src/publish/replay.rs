@@ -4,9 +4,8 @@
 //! reads its range a page at a time, following the archive's cursor, so it
 //! reaches every event of the range with one page in memory.
 
+use super::{PublishOptions, Publisher};
 use crate::bus::{ArchiveFilter, ArchivePages, ArchiveQuery};
-use crate::node::Node;
-use crate::publish::PublishOptions;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -56,12 +55,20 @@ pub struct ReplayStatus {
 }
 
 /// The replays of this node, running and finished.
-#[derive(Default)]
 pub struct Replays {
+    publisher: Arc<Publisher>,
     all: DashMap<String, ReplayStatus>,
 }
 
 impl Replays {
+    /// Replays read the archive of `publisher`'s store and publish through it.
+    pub fn new(publisher: Arc<Publisher>) -> Replays {
+        Replays {
+            publisher,
+            all: DashMap::new(),
+        }
+    }
+
     pub fn list(&self) -> Vec<ReplayStatus> {
         let mut v: Vec<_> = self.all.iter().map(|r| r.value().clone()).collect();
         v.sort_by(|a, b| a.started_at.cmp(&b.started_at));
@@ -73,11 +80,8 @@ impl Replays {
     }
 
     /// Checks the request and starts the replay in the background.
-    pub fn start(
-        self: &Arc<Self>,
-        node: Arc<Node>,
-        req: ReplayRequest,
-    ) -> Result<ReplayStatus, String> {
+    pub fn start(self: &Arc<Self>, req: ReplayRequest) -> Result<ReplayStatus, String> {
+        let rule_set = self.publisher.rules();
         if req.name.is_empty()
             || !req
                 .name
@@ -100,12 +104,12 @@ impl Replays {
             .bus
             .clone()
             .unwrap_or_else(|| crate::event::DEFAULT_BUS.into());
-        if !node.rules.has_bus(&bus) {
+        if !rule_set.has_bus(&bus) {
             return Err(format!("Event bus {bus} does not exist."));
         }
         if let Some(rules) = &req.rules {
             for r in rules {
-                if node.rules.get(&bus, r).is_none() {
+                if rule_set.get(&bus, r).is_none() {
                     return Err(format!("Rule {r} does not exist on EventBus {bus}."));
                 }
             }
@@ -135,9 +139,7 @@ impl Replays {
         let since_ms = (since.unix_timestamp_nanos() / 1_000_000) as i64;
         let until_ms = (until.unix_timestamp_nanos() / 1_000_000) as i64;
         tokio::spawn(async move {
-            let result = me
-                .run(&node, &req.name, &bus, since_ms, until_ms, req.rules)
-                .await;
+            let result = me.run(&req.name, &bus, since_ms, until_ms, req.rules).await;
             if let Some(mut s) = me.all.get_mut(&req.name) {
                 s.finished_at = Some(crate::event::now_rfc3339());
                 match result {
@@ -154,7 +156,6 @@ impl Replays {
 
     async fn run(
         &self,
-        node: &Node,
         name: &str,
         bus: &str,
         since_ms: i64,
@@ -169,7 +170,8 @@ impl Replays {
             until_ms: Some(until_ms),
             ..ArchiveQuery::new(BATCH, filter)
         });
-        while let Some(events) = pages.next(&*node.bus).await.map_err(|e| e.to_string())? {
+        let bus = self.publisher.bus();
+        while let Some(events) = pages.next(&**bus).await.map_err(|e| e.to_string())? {
             if events.is_empty() {
                 continue;
             }
@@ -184,7 +186,7 @@ impl Replays {
                 skip_archive: true,
                 only_rules: rules.clone(),
             };
-            let results = node.publish_with(batch, options).await;
+            let results = self.publisher.publish(batch, &options).await;
             let ok = results.iter().filter(|r| r.is_ok()).count();
             if let Some(mut s) = self.all.get_mut(name) {
                 s.replayed += ok;
