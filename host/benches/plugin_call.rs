@@ -7,7 +7,8 @@
 //! the way a dedicated delivery worker makes them.
 
 use busbar::event::{Event, EventInput, EventLimits};
-use busbar::runtime::{Delivery, RedbKv, Runtime, RuntimeConfig};
+use busbar::bus::embedded::RedbKv;
+use busbar::runtime::{Delivery, Runtime, RuntimeConfig};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

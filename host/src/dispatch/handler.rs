@@ -177,7 +177,8 @@ impl Handlers {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::runtime::{RedbKv, RuntimeConfig};
+    use crate::bus::embedded::RedbKv;
+    use crate::runtime::RuntimeConfig;
 
     /// A runtime over an empty plugins directory: no plugin is ever loaded.
     pub(crate) fn empty_runtime(dir: &tempfile::TempDir) -> Arc<Runtime> {

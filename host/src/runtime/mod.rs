@@ -10,8 +10,8 @@
 //! (compiled cache), `manifest.rs`, `registry.rs` (load / swap / status),
 //! `watch.rs` (notify + debounce), `pool.rs` (versions and instances),
 //! `call.rs` (one call, limits), `classify.rs` (naming a failed call),
-//! `call_metrics.rs`, `imports/` (what guests can call), `kv.rs` (plugin
-//! state), `errors.rs`.
+//! `call_metrics.rs`, `imports/` (what guests can call), `kv.rs` (the plugin
+//! state seam; its stores live in `bus/`), `errors.rs`.
 //!
 //! Calls are executed on async fibers, driven by a `block_on` on the calling
 //! thread: that is what lets the wall-clock timeout cancel a guest that is
@@ -33,7 +33,7 @@ mod watch;
 
 pub use call::{MAX_OUTPUT_BYTES, MAX_OUTPUT_EVENTS};
 pub use errors::{CallError, EXPORT, FailureKind};
-pub use kv::{KvBackend, KvError, RedbKv};
+pub use kv::{KvBackend, KvError};
 pub use manifest::{Http, Instances, Limits, Manifest, Policy, Scaling};
 pub use registry::{PluginState, PluginStatus, RegistryChange};
 

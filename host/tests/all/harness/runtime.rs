@@ -3,7 +3,8 @@
 //! own, the run's shared compiled cache and a real redb file.
 
 use busbar::event::{Event, EventInput, EventLimits};
-use busbar::runtime::{Delivery, RedbKv, Runtime, RuntimeConfig};
+use busbar::bus::embedded::RedbKv;
+use busbar::runtime::{Delivery, Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
