@@ -6,8 +6,8 @@
 //! Calls are made with `Runtime::call_blocking` from the bench's own thread,
 //! the way a dedicated delivery worker makes them.
 
-use busbar::event::{Event, EventInput, EventLimits};
 use busbar::bus::embedded::RedbKv;
+use busbar::event::{Event, EventInput, EventLimits};
 use busbar::runtime::{Delivery, Runtime, RuntimeConfig};
 use serde_json::json;
 use std::path::{Path, PathBuf};

@@ -12,7 +12,8 @@ use crate::dispatch::{DeliveryOutcome, DispatchConfig, Dispatcher, Superseded};
 use crate::event::{Event, EventLimits};
 use crate::pattern::Limits;
 use crate::publish::{PublishOptions, Publisher};
-use crate::rules::{BusInfo, Rule, RuleError, RuleOrigin, RuleSet, RuleState, Target};
+use crate::rules::admin::RuleAdmin;
+use crate::rules::{RuleOrigin, RuleSet};
 use crate::runtime::{Runtime, RuntimeConfig};
 use anyhow::Context;
 use serde::Serialize;
@@ -37,6 +38,8 @@ pub struct Node {
     pub config_path: Option<PathBuf>,
     pub bus: Arc<dyn Bus>,
     pub rules: Arc<RuleSet>,
+    /// API rule and bus changes: validate, persist, then apply.
+    pub admin: Arc<RuleAdmin>,
     /// The one way events become durable (see [`crate::publish`]).
     pub publisher: Arc<Publisher>,
     pub runtime: Arc<Runtime>,
@@ -61,15 +64,6 @@ pub struct StartOptions {
     /// component takes seconds on a fresh cache; meanwhile the node accepts events
     /// and their deliveries wait in their queues, and `/readyz` answers 503.
     pub load_plugins_in_background: bool,
-}
-
-/// A rule-changing call failed: either the request was wrong or the store was.
-#[derive(Debug, thiserror::Error)]
-pub enum ChangeError {
-    #[error(transparent)]
-    Rule(#[from] RuleError),
-    #[error(transparent)]
-    Store(#[from] crate::bus::BusError),
 }
 
 impl Node {
@@ -191,6 +185,10 @@ impl Node {
         let node = Arc::new(Node {
             config,
             config_path,
+            admin: Arc::new(RuleAdmin::new(
+                rules.clone(),
+                Arc::new(crate::bus::RuleStoreOf(bus.clone())),
+            )),
             replays: Arc::new(crate::publish::replay::Replays::new(publisher.clone())),
             metrics: Arc::new(MetricsLoop {
                 dispatcher: dispatcher.clone(),
@@ -232,167 +230,6 @@ impl Node {
             .into_iter()
             .map(|r| r.map(|_rules| ()))
             .collect()
-    }
-
-    // Rule changes: validate, persist, then apply, so the store and the live set agree.
-
-    pub async fn put_rule(&self, mut rule: Rule, keep_targets: bool) -> Result<Rule, ChangeError> {
-        rule.origin = RuleOrigin::Api;
-        if keep_targets && let Some(old) = self.rules.get(&rule.bus, &rule.name) {
-            rule.targets = old.targets;
-        }
-        self.rules.validate(&rule)?;
-        if !self.rules.has_bus(&rule.bus) {
-            return Err(
-                RuleError::NotFound(format!("Event bus {} does not exist.", rule.bus)).into(),
-            );
-        }
-        if let Some(old) = self.rules.get(&rule.bus, &rule.name)
-            && old.origin == RuleOrigin::Config
-        {
-            return Err(RuleError::Conflict(format!(
-                "rule {} is defined in the config file; change it there",
-                rule.name
-            ))
-            .into());
-        }
-        self.bus.put_rule(&rule).await?;
-        Ok(self.rules.put(rule, false)?)
-    }
-
-    pub async fn delete_rule(&self, bus: &str, name: &str) -> Result<(), ChangeError> {
-        match self.rules.get(bus, name) {
-            None => {
-                return Err(RuleError::NotFound(format!(
-                    "Rule {name} does not exist on EventBus {bus}."
-                ))
-                .into());
-            }
-            Some(r) if r.origin == RuleOrigin::Config => {
-                return Err(RuleError::Conflict(format!(
-                    "rule {name} is defined in the config file; remove it there"
-                ))
-                .into());
-            }
-            Some(r) if !r.targets.is_empty() => {
-                return Err(RuleError::Conflict(format!(
-                    "Rule can't be deleted since it has targets. Remove the targets of rule {name} first."
-                ))
-                .into());
-            }
-            Some(_) => {}
-        }
-        // Persist, then apply: a failed write leaves the live rule as the store has it.
-        self.bus.delete_rule(bus, name).await?;
-        already_applied(self.rules.remove(bus, name).map(|_| ()))
-    }
-
-    /// Edits a stored API rule (targets, state) and persists the result.
-    pub async fn edit_rule(
-        &self,
-        bus: &str,
-        name: &str,
-        f: impl FnOnce(&mut Rule) -> Result<(), RuleError>,
-    ) -> Result<Rule, ChangeError> {
-        let Some(mut rule) = self.rules.get(bus, name) else {
-            return Err(RuleError::NotFound(format!(
-                "Rule {name} does not exist on EventBus {bus}."
-            ))
-            .into());
-        };
-        if rule.origin == RuleOrigin::Config {
-            return Err(RuleError::Conflict(format!(
-                "rule {name} is defined in the config file; change it there"
-            ))
-            .into());
-        }
-        f(&mut rule)?;
-        self.rules.validate(&rule)?;
-        self.bus.put_rule(&rule).await?;
-        Ok(self.rules.put(rule, false)?)
-    }
-
-    pub async fn set_rule_state(
-        &self,
-        bus: &str,
-        name: &str,
-        state: RuleState,
-    ) -> Result<Rule, ChangeError> {
-        self.edit_rule(bus, name, |r| {
-            r.state = state;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Adds or replaces targets by id (PutTargets); returns per-target failures.
-    pub async fn put_targets(
-        &self,
-        bus: &str,
-        name: &str,
-        targets: Vec<Target>,
-    ) -> Result<Rule, ChangeError> {
-        self.edit_rule(bus, name, |r| {
-            if r.targets.len()
-                + targets
-                    .iter()
-                    .filter(|t| !r.targets.iter().any(|o| o.id == t.id))
-                    .count()
-                > 5
-            {
-                return Err(RuleError::Invalid(format!(
-                    "rule {name} would have more than 5 targets"
-                )));
-            }
-            for t in targets {
-                match r.targets.iter_mut().find(|o| o.id == t.id) {
-                    Some(slot) => *slot = t,
-                    None => r.targets.push(t),
-                }
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    pub async fn remove_targets(
-        &self,
-        bus: &str,
-        name: &str,
-        ids: &[String],
-    ) -> Result<Rule, ChangeError> {
-        self.edit_rule(bus, name, |r| {
-            r.targets.retain(|t| !ids.contains(&t.id));
-            Ok(())
-        })
-        .await
-    }
-
-    pub async fn create_bus(
-        &self,
-        name: &str,
-        description: Option<String>,
-    ) -> Result<BusInfo, ChangeError> {
-        let info = BusInfo {
-            name: name.to_string(),
-            description,
-            created: crate::event::now_rfc3339(),
-            tags: Default::default(),
-        };
-        if self.rules.has_bus(name) {
-            return Err(RuleError::Conflict(format!("Event bus {name} already exists.")).into());
-        }
-        crate::event::validate_bus_name(name).map_err(|e| RuleError::Invalid(e.message))?;
-        self.bus.put_bus(&info).await?;
-        self.rules.put_bus(info.clone())?;
-        Ok(info)
-    }
-
-    pub async fn delete_bus(&self, name: &str) -> Result<(), ChangeError> {
-        // Validate, persist, then apply, as every rule change does.
-        self.rules.check_remove_bus(name)?;
-        self.bus.delete_bus(name).await?;
-        already_applied(self.rules.remove_bus(name))
     }
 
     fn spawn_tail_forwarder(self: &Arc<Self>) {
@@ -505,16 +342,6 @@ impl Node {
                 }
             }
         });
-    }
-}
-
-/// A removal that finds nothing to remove after its write succeeded was applied
-/// already: on a shared store the write comes back through the watch of stored
-/// rules, which may apply it before the writer does.
-fn already_applied(r: Result<(), RuleError>) -> Result<(), ChangeError> {
-    match r {
-        Err(RuleError::NotFound(_)) => Ok(()),
-        r => Ok(r?),
     }
 }
 

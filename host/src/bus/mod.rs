@@ -508,6 +508,33 @@ pub fn ms_to_rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The bus as the rule set's store (see [`crate::rules::admin::RuleStore`]).
+pub struct RuleStoreOf(pub Arc<dyn Bus>);
+
+#[async_trait]
+impl crate::rules::admin::RuleStore for RuleStoreOf {
+    async fn put_rule(&self, rule: &Rule) -> Result<(), crate::rules::admin::StoreError> {
+        self.0.put_rule(rule).await.map_err(store_error)
+    }
+    async fn delete_rule(
+        &self,
+        bus: &str,
+        name: &str,
+    ) -> Result<bool, crate::rules::admin::StoreError> {
+        self.0.delete_rule(bus, name).await.map_err(store_error)
+    }
+    async fn put_bus(&self, bus: &BusInfo) -> Result<(), crate::rules::admin::StoreError> {
+        self.0.put_bus(bus).await.map_err(store_error)
+    }
+    async fn delete_bus(&self, name: &str) -> Result<bool, crate::rules::admin::StoreError> {
+        self.0.delete_bus(name).await.map_err(store_error)
+    }
+}
+
+fn store_error(e: BusError) -> crate::rules::admin::StoreError {
+    crate::rules::admin::StoreError(e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -224,7 +224,7 @@ async fn put_rule(
         targets: body.targets.unwrap_or_default(),
         origin: RuleOrigin::Api,
     };
-    Ok(Json(node.put_rule(rule, keep_targets).await?))
+    Ok(Json(node.admin.put_rule(rule, keep_targets).await?))
 }
 
 async fn delete_rule(
@@ -232,7 +232,7 @@ async fn delete_rule(
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode> {
     let (bus, name) = path(p)?;
-    node.delete_rule(&bus, &name).await?;
+    node.admin.delete_rule(&bus, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -270,7 +270,7 @@ async fn put_bus(
 ) -> Result<(StatusCode, Json<Value>)> {
     let name = path(p)?;
     let body: PutBusBody = json_body(&node, &headers, body).await?;
-    let info = node.create_bus(&name, body.description).await?;
+    let info = node.admin.create_bus(&name, body.description).await?;
     Ok((StatusCode::CREATED, Json(json!(info))))
 }
 
@@ -279,7 +279,7 @@ async fn delete_bus(
     p: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode> {
     let name = path(p)?;
-    node.delete_bus(&name).await?;
+    node.admin.delete_bus(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

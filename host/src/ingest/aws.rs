@@ -633,7 +633,7 @@ async fn put_rule(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
         targets: Vec::new(),
         origin: RuleOrigin::Api,
     };
-    let stored = ctx.node.put_rule(rule, true).await?;
+    let stored = ctx.node.admin.put_rule(rule, true).await?;
     Ok(json!({"RuleArn": ctx.rule_arn(&stored.bus, &stored.name)}))
 }
 
@@ -670,7 +670,7 @@ async fn delete_rule(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
     if ctx.node.rules.get(&bus, &name).is_none() {
         return Ok(json!({}));
     }
-    ctx.node.delete_rule(&bus, &name).await?;
+    ctx.node.admin.delete_rule(&bus, &name).await?;
     Ok(json!({}))
 }
 
@@ -678,7 +678,7 @@ async fn set_state(ctx: &Ctx<'_>, p: &mut Params, state: RuleState) -> Result<Va
     let name = p.req_str("Name")?;
     let bus = p.bus("EventBusName")?;
     find_rule(ctx, &bus, &name)?;
-    ctx.node.set_rule_state(&bus, &name, state).await?;
+    ctx.node.admin.set_rule_state(&bus, &name, state).await?;
     Ok(json!({}))
 }
 
@@ -859,7 +859,7 @@ async fn put_targets(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
         ));
     }
     if !accepted.is_empty() {
-        ctx.node.put_targets(&bus, &name, accepted).await?;
+        ctx.node.admin.put_targets(&bus, &name, accepted).await?;
     }
     Ok(json!({"FailedEntryCount": failed.len(), "FailedEntries": failed}))
 }
@@ -880,7 +880,7 @@ async fn remove_targets(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
         .into_iter()
         .partition(|id| rule.targets.iter().any(|t| &t.id == id));
     if !present.is_empty() {
-        ctx.node.remove_targets(&bus, &name, &present).await?;
+        ctx.node.admin.remove_targets(&bus, &name, &present).await?;
     }
     let failed: Vec<Value> = missing
         .iter()
@@ -996,7 +996,7 @@ async fn create_event_bus(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
             format!("Event bus {name} already exists."),
         ));
     }
-    let info = ctx.node.create_bus(&name, description).await?;
+    let info = ctx.node.admin.create_bus(&name, description).await?;
     Ok(json!({"EventBusArn": ctx.bus_arn(&info.name)}))
 }
 
@@ -1006,7 +1006,7 @@ async fn delete_event_bus(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
     if name != DEFAULT_BUS && !ctx.node.rules.has_bus(&name) {
         return Ok(json!({}));
     }
-    ctx.node.delete_bus(&name).await?;
+    ctx.node.admin.delete_bus(&name).await?;
     Ok(json!({}))
 }
 

@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::event::EventError;
-use crate::node::ChangeError;
 use crate::rules::RuleError;
+use crate::rules::admin::ChangeError;
 
 /// The content type of every AWS JSON 1.1 body, requests and responses alike.
 pub const AMZ_JSON: &str = "application/x-amz-json-1.1";

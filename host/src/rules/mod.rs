@@ -1,6 +1,7 @@
 //! Rules and targets: what a rule is, where rules come from (the config file,
 //! hot-reloaded, and the API, persisted), and how a target's input is shaped.
 
+pub mod admin;
 pub mod set;
 pub mod transform;
 

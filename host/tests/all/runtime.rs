@@ -847,7 +847,9 @@ async fn compiled_cache_survives_restarts_and_damage() {
             cache_dir: cache.path().to_path_buf(),
             watch: false,
         };
-        let kv = std::sync::Arc::new(busbar::bus::embedded::RedbKv::open(&data.path().join(kv)).unwrap());
+        let kv = std::sync::Arc::new(
+            busbar::bus::embedded::RedbKv::open(&data.path().join(kv)).unwrap(),
+        );
         busbar::runtime::Runtime::new(config, kv).unwrap()
     };
     let entries = || -> Vec<std::path::PathBuf> {

@@ -2,8 +2,8 @@
 //! real plugins built by `plugins/build.sh`, a plugins directory of the test's
 //! own, the run's shared compiled cache and a real redb file.
 
-use busbar::event::{Event, EventInput, EventLimits};
 use busbar::bus::embedded::RedbKv;
+use busbar::event::{Event, EventInput, EventLimits};
 use busbar::runtime::{Delivery, Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
