@@ -6,7 +6,7 @@
 //! trait (ingest, dispatch, the admin API) is the same for both.
 //!
 //! The bus is a store only: events arrive already serialized and routed
-//! ([`RoutedEvent`], made by `crate::publish`); it knows nothing of rules.
+//! ([`RoutedEvent`], made by `crate::publish`); it stores rules but never routes.
 //!
 //! The contract every backend keeps:
 //! - `publish` returns only once the events *and the deliveries of their routes*
@@ -55,6 +55,13 @@ pub trait CommitObserver: Send + Sync + 'static {
     /// copy it would report (nobody is watching).
     fn wants(&self) -> bool;
     fn committed(&self, committed: Committed);
+}
+
+/// Sets a backend's one commit observer; a second one is refused with a warning.
+fn set_observer(cell: &std::sync::OnceLock<Arc<dyn CommitObserver>>, o: Arc<dyn CommitObserver>) {
+    if cell.set(o).is_err() {
+        tracing::warn!("a commit observer is already set; the new one is ignored");
+    }
 }
 
 impl Committed {
@@ -168,6 +175,26 @@ pub struct DeadLetter {
     /// RFC 3339: when the first delivery attempt was queued, and when it was dead-lettered.
     pub first_queued_at: String,
     pub dead_lettered_at: String,
+}
+
+impl DeadLetter {
+    /// The dead letter of delivery `d`, given up on at `now_ms` for `reason`;
+    /// `id` is the store's number for it (0 where the store assigns it on write).
+    pub fn of(d: &Delivery, id: u64, reason: &str, now_ms: i64) -> DeadLetter {
+        DeadLetter {
+            id,
+            delivery_id: d.id.clone(),
+            bus: d.event.bus.clone(),
+            rule: d.rule.clone(),
+            target: d.target.clone(),
+            plugin: d.plugin.clone(),
+            event: d.event.clone(),
+            attempts: d.attempts,
+            last_error: reason.to_string(),
+            first_queued_at: ms_to_rfc3339(d.created_ms),
+            dead_lettered_at: ms_to_rfc3339(now_ms),
+        }
+    }
 }
 
 /// A change to the stored (API) rules and buses, as a shared store reports it.

@@ -361,7 +361,7 @@ impl Writer<'_, '_> {
 
     fn dead_letter(&mut self, d: &Delivery, reason: &str) -> Result<(), BusError> {
         let id = self.inner.next_seq();
-        let dl = dead::letter(d, id, reason, self.now);
+        let dl = DeadLetter::of(d, id, reason, self.now);
         let bytes = serde_json::to_vec(&dl).map_err(|e| BusError::Store(e.to_string()))?;
         self.dead.insert(id, bytes.as_slice())?;
         self.after.push(After::DeadLettered);

@@ -5,23 +5,6 @@
 use super::*;
 use redb::{ReadableTable, ReadableTableMetadata};
 
-/// The dead letter of delivery `d`, given up on at `now_ms` for `reason`.
-pub(super) fn letter(d: &Delivery, id: u64, reason: &str, now_ms: i64) -> DeadLetter {
-    DeadLetter {
-        id,
-        delivery_id: d.id.clone(),
-        bus: d.event.bus.clone(),
-        rule: d.rule.clone(),
-        target: d.target.clone(),
-        plugin: d.plugin.clone(),
-        event: d.event.clone(),
-        attempts: d.attempts,
-        last_error: reason.to_string(),
-        first_queued_at: ms_to_rfc3339(d.created_ms),
-        dead_lettered_at: ms_to_rfc3339(now_ms),
-    }
-}
-
 pub(super) async fn list(
     store: &EmbeddedBus,
     after: u64,

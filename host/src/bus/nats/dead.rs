@@ -15,20 +15,8 @@ impl Inner {
         reason: &str,
         msg_id: &str,
     ) -> Result<(), BusError> {
-        let dl = DeadLetter {
-            // The real id is the stream sequence, known only once stored.
-            id: 0,
-            delivery_id: d.id.clone(),
-            bus: d.event.bus.clone(),
-            rule: d.rule.clone(),
-            target: d.target.clone(),
-            plugin: d.plugin.clone(),
-            event: d.event.clone(),
-            attempts: d.attempts,
-            last_error: reason.to_string(),
-            first_queued_at: ms_to_rfc3339(d.created_ms),
-            dead_lettered_at: ms_to_rfc3339(self.config.clock.now_ms()),
-        };
+        // The real id is the stream sequence, known only once stored.
+        let dl = DeadLetter::of(d, 0, reason, self.config.clock.now_ms());
         let payload = serde_json::to_vec(&dl).map_err(|e| BusError::Store(e.to_string()))?;
         let out = Outgoing {
             event: 0,

@@ -479,9 +479,7 @@ impl Bus for NatsBus {
     }
 
     fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
-        if self.inner.observer.set(observer).is_err() {
-            tracing::warn!("a commit observer is already set; the new one is ignored");
-        }
+        set_observer(&self.inner.observer, observer);
     }
 
     fn kv(&self) -> Arc<dyn crate::runtime::KvBackend> {
