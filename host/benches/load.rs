@@ -1,9 +1,17 @@
 //! End-to-end load: a real `busbar serve` child process on loopback, durable as
-//! shipped, one rule routing every event to the payment-check plugin.
+//! shipped, with payment-check's manifest as shipped, one rule routing every
+//! event to the payment-check plugin.
 //!
 //! Measures, and prints as a table:
-//! - events/s accepted with PutEvents batches of 10 (AWS JSON 1.1);
-//! - single-event `POST /events` requests/s;
+//! - events/s accepted with PutEvents batches of 10 (AWS JSON 1.1), and
+//!   delivered (answered by the plugin) over the same interval, read from
+//!   `busbar_deliveries_total{outcome="ok"}` on `/metrics`, with how long the
+//!   backlog took to drain after the phase;
+//! - single-event `POST /events` requests/s, accepted and delivered likewise;
+//! - a baseline in the same run: the same generator against an HTTP server that
+//!   does no work (axum answering `200 {}` after reading the body, on its own
+//!   two-thread runtime in this process, sharing the cores), and busbar's
+//!   figures as ratios of it;
 //! - p50/p99 from ingest to the plugin's answer at a fixed offered rate
 //!   (observed through `/v1/tail`, keyed by event id);
 //! - resident memory of the server sampled over a soak.
@@ -68,10 +76,10 @@ fn start_server() -> Server {
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     std::fs::copy(&wasm, plugins.join("payment-check.wasm")).unwrap();
-    // The shipped manifest, with room for the load.
-    std::fs::write(
+    // The manifest as shipped: no bench-tuned concurrency.
+    std::fs::copy(
+        root.join("plugins/payment-check.toml"),
         plugins.join("payment-check.toml"),
-        "[scaling]\nconcurrency = 4\nmin_concurrency = 1\nmax_concurrency = 16\n",
     )
     .unwrap();
     let port = free_port();
@@ -207,6 +215,150 @@ async fn closed_loop(base: &str, secs: u64, clients: u64, batch: bool) -> (f64, 
     )
 }
 
+/// What a closed-loop phase measured: accepted by the server and, where it
+/// reports them, delivered (answered by the plugin) over the same interval.
+struct Throughput {
+    /// Events (or requests) per second acknowledged to the generator.
+    accepted: f64,
+    refused: u64,
+    /// Deliveries with outcome `ok` per second over the same interval
+    /// (`busbar_deliveries_total` diffed); `None` without `/metrics`.
+    delivered: Option<f64>,
+    /// Seconds after the phase until every accepted event was delivered;
+    /// `None` if it had not drained within the wait.
+    drained_after: Option<f64>,
+}
+
+/// `busbar_deliveries_total{outcome="ok"}` from the server's `/metrics`.
+async fn delivered_total(client: &reqwest::Client, base: &str) -> Option<u64> {
+    let r = client.get(format!("{base}/metrics")).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let text = r.text().await.ok()?;
+    // Absent until the first delivery settles.
+    Some(
+        text.lines()
+            .find(|l| l.starts_with("busbar_deliveries_total{") && l.contains("outcome=\"ok\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map_or(0, |v| v as u64),
+    )
+}
+
+/// A closed-loop phase against `base`; `deliveries` reads busbar's counters
+/// before and after it, then waits (at most `drain_wait`) for the backlog.
+async fn throughput(
+    base: &str,
+    secs: u64,
+    clients: u64,
+    batch: bool,
+    deliveries: bool,
+    drain_wait: Duration,
+) -> Throughput {
+    let client = reqwest::Client::new();
+    let before = if deliveries {
+        delivered_total(&client, base).await
+    } else {
+        None
+    };
+    let (accepted, refused) = closed_loop(base, secs, clients, batch).await;
+    let Some(before) = before else {
+        return Throughput {
+            accepted,
+            refused,
+            delivered: None,
+            drained_after: None,
+        };
+    };
+    let ended = Instant::now();
+    let after = delivered_total(&client, base).await.unwrap_or(before);
+    let delivered = Some((after - before) as f64 / secs as f64);
+    let owed = before + (accepted * secs as f64).round() as u64;
+    let mut drained_after = None;
+    while ended.elapsed() < drain_wait {
+        if delivered_total(&client, base).await.unwrap_or(0) >= owed {
+            drained_after = Some(ended.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Throughput {
+        accepted,
+        refused,
+        delivered,
+        drained_after,
+    }
+}
+
+/// The baseline: an HTTP server that does no work, answering every request
+/// `200 {}` after reading its body, on its own runtime in this process (two
+/// worker threads, like busbar's on 2 cores), so it shares the cores with
+/// the generator as busbar does.
+struct Baseline {
+    base: String,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start_baseline() -> Baseline {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|_body: bytes::Bytes| async {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            "{}",
+        )
+    });
+    rt.spawn(async move { axum::serve(listener, app).await });
+    Baseline { base, _rt: rt }
+}
+
+fn ratio(busbar: f64, baseline: f64) -> String {
+    if baseline > 0.0 {
+        format!("{:.2}x", busbar / baseline)
+    } else {
+        "n/a".to_string()
+    }
+}
+
+fn print_throughput(label: &str, unit: &str, t: &Throughput, baseline: &Throughput) {
+    println!(
+        "{:<48} {:>10.0} {unit} ({} refused)",
+        label, t.accepted, t.refused
+    );
+    match t.delivered {
+        Some(d) => println!(
+            "{:<48} {:>10.0} {unit} ({})",
+            "  delivered (plugin answered), same interval",
+            d,
+            match t.drained_after {
+                Some(s) => format!("all accepted delivered {s:.1} s after the phase"),
+                None => "backlog not drained within the wait".to_string(),
+            }
+        ),
+        None => println!(
+            "{:<48} {:>10} {unit} (no /metrics: BUSBAR_LOAD_OBS=off)",
+            "  delivered (plugin answered), same interval", "n/a"
+        ),
+    }
+    println!(
+        "{:<48} {:>10.0} {unit} ({} refused)",
+        "  baseline: no-op HTTP server, same generator", baseline.accepted, baseline.refused
+    );
+    println!(
+        "{:<48} accepted {}, delivered {}",
+        "  busbar / baseline",
+        ratio(t.accepted, baseline.accepted),
+        t.delivered
+            .map_or("n/a".to_string(), |d| ratio(d, baseline.accepted)),
+    );
+}
+
 /// Offers `rate` events/s (batches of 10 every 1/rate*10 s) and measures ingest→plugin latency.
 async fn open_loop_latency(base: &str, secs: u64, rate: u64) -> (f64, f64, u64, u64) {
     let client = reqwest::Client::new();
@@ -323,6 +475,28 @@ fn main() {
         .build()
         .unwrap();
 
+    // The baseline first, alone on the cores, then stopped.
+    let baseline = start_baseline();
+    let base_batched = rt.block_on(throughput(
+        &baseline.base,
+        secs,
+        clients,
+        true,
+        false,
+        Duration::ZERO,
+    ));
+    let base_single = rt.block_on(throughput(
+        &baseline.base,
+        secs,
+        clients,
+        false,
+        false,
+        Duration::ZERO,
+    ));
+    drop(baseline);
+
+    // Long enough for a backlog several times the phase to drain.
+    let drain_wait = Duration::from_secs((secs * 12).max(60));
     let server = start_server();
     println!(
         "busbar end-to-end load (server pid {}, {} s per phase, {clients} clients)",
@@ -330,15 +504,31 @@ fn main() {
         secs
     );
     println!("{:<48} {:>14}", "phase", "result");
-    let (batched, e1) = rt.block_on(closed_loop(&server.base, secs, clients, true));
-    println!(
-        "{:<48} {:>10.0} ev/s  ({e1} refused)",
-        "PutEvents, batches of 10", batched
-    );
-    let (single, e2) = rt.block_on(closed_loop(&server.base, secs, clients, false));
-    println!(
-        "{:<48} {:>10.0} req/s ({e2} refused)",
-        "POST /events, one event per request", single
+    let batched = rt.block_on(throughput(
+        &server.base,
+        secs,
+        clients,
+        true,
+        true,
+        drain_wait,
+    ));
+    print_throughput("PutEvents, batches of 10", "ev/s ", &batched, &base_batched);
+    // A fresh server, so the single-event phase starts with no backlog.
+    drop(server);
+    let server = start_server();
+    let single = rt.block_on(throughput(
+        &server.base,
+        secs,
+        clients,
+        false,
+        true,
+        drain_wait,
+    ));
+    print_throughput(
+        "POST /events, one event per request",
+        "req/s",
+        &single,
+        &base_single,
     );
     drop(server);
 
