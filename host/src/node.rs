@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 pub enum TailItem {
     Event {
         event: Box<Event>,
-        rules: Vec<String>,
+        rules: Vec<Arc<str>>,
     },
     Delivery(DeliveryOutcome),
 }

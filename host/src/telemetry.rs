@@ -84,7 +84,7 @@ pub fn publish_span(event: &mut Event, surface: &str) -> Span {
 }
 
 /// Records on a publish span the rules its event was routed to.
-pub fn record_rules(span: &Span, rules: &[String]) {
+pub fn record_rules(span: &Span, rules: &[std::sync::Arc<str>]) {
     if !span.is_disabled() {
         span.record("rules", rules.join(",").as_str());
     }

@@ -35,7 +35,7 @@ pub struct RoutedEvent {
     pub json: Vec<u8>,
     pub routes: Vec<Route>,
     /// Every rule it matched, targets or not (reported to the [`CommitObserver`]).
-    pub rules: Vec<String>,
+    pub rules: Vec<Arc<str>>,
     pub archive: bool,
 }
 
@@ -44,7 +44,7 @@ pub struct RoutedEvent {
 pub struct Committed {
     pub event: Event,
     /// Each rule once, in route order.
-    pub rules: Vec<String>,
+    pub rules: Vec<Arc<str>>,
 }
 
 /// Told of every event the bus commits, whether a client published it or a

@@ -70,9 +70,9 @@ impl Publisher {
         &self,
         events: Vec<Event>,
         options: &PublishOptions,
-    ) -> Vec<Result<Vec<String>, PublishError>> {
+    ) -> Vec<Result<Vec<Arc<str>>, PublishError>> {
         let n = events.len();
-        let mut results: Vec<Option<Result<Vec<String>, PublishError>>> = vec![None; n];
+        let mut results: Vec<Option<Result<Vec<Arc<str>>, PublishError>>> = vec![None; n];
         let mut routed = Vec::with_capacity(n);
         let mut slots = Vec::with_capacity(n);
         for (i, e) in events.into_iter().enumerate() {
@@ -92,7 +92,7 @@ impl Publisher {
                 Err(err) => results[i] = Some(Err(err)),
             }
         }
-        let rules: Vec<Vec<String>> = routed.iter().map(|r| r.rules.clone()).collect();
+        let rules: Vec<Vec<Arc<str>>> = routed.iter().map(|r| r.rules.clone()).collect();
         if !routed.is_empty() {
             match self.bus.publish(routed).await {
                 Ok(out) => {

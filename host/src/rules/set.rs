@@ -42,7 +42,8 @@ pub struct Compiled {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Routing {
     /// Every enabled rule it matched, targets or not (what the tail and spans show).
-    pub rules: Vec<String>,
+    /// Shared names: routing every event must not copy strings nobody may read.
+    pub rules: Vec<Arc<str>>,
     /// One per target of those rules: the deliveries to write.
     pub routes: Vec<Route>,
 }
@@ -51,7 +52,7 @@ pub struct Routing {
 struct BusMatcher {
     matcher: Matcher<usize>,
     routes: Vec<Vec<Route>>,
-    names: Vec<String>,
+    names: Vec<Arc<str>>,
 }
 
 /// The rule set shared by ingest (validation), the bus (routing) and dispatch (targets).
@@ -157,7 +158,7 @@ impl RuleSet {
     }
 
     fn compile(&self, c: &mut Compiled) {
-        type Pending = (Vec<(usize, Pattern)>, Vec<Vec<Route>>, Vec<String>);
+        type Pending = (Vec<(usize, Pattern)>, Vec<Vec<Route>>, Vec<Arc<str>>);
         let mut per_bus: HashMap<String, Pending> = HashMap::new();
         c.targets.clear();
         for ((bus, name), rule) in &c.rules {
@@ -182,7 +183,7 @@ impl RuleSet {
             let entry = per_bus.entry(bus.clone()).or_default();
             let idx = entry.1.len();
             entry.0.push((idx, pattern));
-            entry.2.push(name.clone());
+            entry.2.push(Arc::<str>::from(name.as_str()));
             entry.1.push(
                 rule.targets
                     .iter()
@@ -425,7 +426,7 @@ impl RuleSet {
         metrics::counter!("busbar_matches_total").increment(ids.len() as u64);
         for i in ids {
             let name = &m.names[i];
-            if only.is_some_and(|only| !only.contains(name)) {
+            if only.is_some_and(|only| !only.iter().any(|o| **o == **name)) {
                 continue;
             }
             out.rules.push(name.clone());

@@ -43,7 +43,11 @@ fn routed(events: Vec<Event>, options: PublishOptions) -> Vec<RoutedEvent> {
             RoutedEvent {
                 json: serde_json::to_vec(&e).unwrap(),
                 archive: !options.skip_archive && e.replay_name.is_none(),
-                rules: routes.iter().map(|r| r.rule.clone()).take(1).collect(),
+                rules: routes
+                    .iter()
+                    .map(|r| r.rule.as_str().into())
+                    .take(1)
+                    .collect(),
                 event: e,
                 routes,
             }

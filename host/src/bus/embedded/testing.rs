@@ -24,7 +24,7 @@ pub(super) fn by_source(events: Vec<Event>) -> Vec<RoutedEvent> {
                 json: serde_json::to_vec(&e).unwrap(),
                 archive: e.replay_name.is_none(),
                 event: e,
-                rules: routes.iter().map(|r| r.rule.clone()).collect(),
+                rules: routes.iter().map(|r| r.rule.as_str().into()).collect(),
                 routes,
             }
         })
