@@ -17,6 +17,19 @@ pub enum KvError {
     Store(String),
 }
 
+impl KvError {
+    /// Parses a counter as every backend stores it (decimal text); `key` names it
+    /// in the error.
+    pub fn parse_counter(key: &str, bytes: &[u8]) -> Result<i64, KvError> {
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .ok_or_else(|| {
+                KvError::NotANumber(format!("the value under {key:?} is not a decimal integer"))
+            })
+    }
+}
+
 /// A durable key-value store partitioned by namespace (the plugin name).
 pub trait KvBackend: Send + Sync + 'static {
     fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, KvError>;

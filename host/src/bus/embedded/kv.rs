@@ -23,16 +23,6 @@ fn store_err(e: impl std::fmt::Display) -> KvError {
     KvError::Store(e.to_string())
 }
 
-/// Parses a stored counter; `key` names it in the error.
-fn parse_counter(key: &str, bytes: &[u8]) -> Result<i64, KvError> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-        .ok_or_else(|| {
-            KvError::NotANumber(format!("the value under {key:?} is not a decimal integer"))
-        })
-}
-
 impl RedbKv {
     /// Uses an already open database (the embedded store's file).
     pub fn new(db: Arc<redb::Database>) -> anyhow::Result<Self> {
@@ -89,7 +79,7 @@ impl KvBackend for RedbKv {
     fn increment(&self, ns: &str, key: &str, delta: i64) -> Result<i64, KvError> {
         self.write(|t| {
             let current = match t.get((ns, key)).map_err(store_err)? {
-                Some(v) => parse_counter(key, v.value())?,
+                Some(v) => KvError::parse_counter(key, v.value())?,
                 None => 0,
             };
             let next = current.checked_add(delta).ok_or_else(|| {

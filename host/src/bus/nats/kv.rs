@@ -67,15 +67,6 @@ fn key(ns: &str, key: &str) -> String {
     format!("{}.{}", names::kv_token(ns), names::kv_token(key))
 }
 
-fn parse_counter(key: &str, bytes: &[u8]) -> Result<i64, KvError> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-        .ok_or_else(|| {
-            KvError::NotANumber(format!("the value under {key:?} is not a decimal integer"))
-        })
-}
-
 impl NatsKv {
     pub(super) fn new(store: kv::Store, handle: tokio::runtime::Handle) -> Self {
         NatsKv { store, handle }
@@ -151,7 +142,7 @@ impl NatsKv {
         for _ in 0..MAX_CONFLICTS {
             let current = self.entry(ns, k).await?;
             let n = match &current {
-                Some(e) => parse_counter(k, &e.value)?,
+                Some(e) => KvError::parse_counter(k, &e.value)?,
                 None => 0,
             };
             let next = n.checked_add(delta).ok_or_else(|| {
