@@ -18,4 +18,5 @@ pub mod pattern;
 pub mod publish;
 pub mod rules;
 pub mod runtime;
+pub mod schedule;
 pub mod telemetry;
