@@ -470,8 +470,33 @@ pub trait Bus: Send + Sync + 'static {
     /// Waits until a delivery of `queue` is due and hands it out. `None` when the bus closes.
     async fn take(&self, queue: &str) -> Option<Delivery>;
 
+    /// Waits like [`Bus::take`], then hands out up to `max` deliveries of `queue`
+    /// that are due now (at least one; empty when the bus closes). A worker
+    /// whose handler is quick takes several at once, so the hand-off, the
+    /// scheduling and the settle's commit are paid once per batch.
+    async fn take_batch(&self, queue: &str, max: usize) -> Vec<Delivery> {
+        let _ = max;
+        self.take(queue).await.into_iter().collect()
+    }
+
     /// Ends the current attempt of a delivery taken with [`Bus::take`].
     async fn settle(&self, delivery: Delivery, outcome: Settle) -> Result<(), BusError>;
+
+    /// Settles many deliveries. A backend that commits them together does so in
+    /// one commit (all or none); otherwise each is settled in turn, every one
+    /// is tried, and the first error is returned. An unsettled delivery stays
+    /// pending and is delivered again.
+    async fn settle_batch(&self, settles: Vec<(Delivery, Settle)>) -> Result<(), BusError> {
+        let mut first = Ok(());
+        for (d, s) in settles {
+            if let Err(e) = self.settle(d, s).await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
 
     fn queue_stats(&self) -> Vec<QueueStats>;
 

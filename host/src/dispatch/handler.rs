@@ -12,6 +12,7 @@ use crate::runtime::{CallError, Delivery, NewEvent, Runtime};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The worker concurrency a handler asks for; the dispatcher caps it (see
 /// [`Bounds::capped`]).
@@ -93,7 +94,24 @@ pub trait Handler: Send + Sync {
     /// returned are published with the delivery's acknowledgement.
     async fn handle(&self, event: Event, delivery: Delivery)
     -> Result<Vec<NewEvent>, HandlerError>;
+
+    /// Handles several events in order, answering each (in the same order)
+    /// with how long its own handling took. A handler that can run a batch in
+    /// one go overrides this: a plugin hands the whole batch to one blocking
+    /// thread instead of one hand-off per event.
+    async fn handle_batch(&self, calls: Vec<(Event, Delivery)>) -> Vec<Handled> {
+        let mut out = Vec::with_capacity(calls.len());
+        for (event, delivery) in calls {
+            let started = Instant::now();
+            let result = self.handle(event, delivery).await;
+            out.push((result, started.elapsed()));
+        }
+        out
+    }
 }
+
+/// One answer of [`Handler::handle_batch`]: the result and the time it took.
+pub type Handled = (Result<Vec<NewEvent>, HandlerError>, Duration);
 
 /// A plugin in the runtime, by name: ready while a version of it is loaded,
 /// bounded by its manifest's `[scaling]`.
@@ -126,6 +144,15 @@ impl Handler for PluginHandler {
             .call(&self.plugin, event, delivery)
             .await
             .map_err(HandlerError::Call)
+    }
+
+    async fn handle_batch(&self, calls: Vec<(Event, Delivery)>) -> Vec<Handled> {
+        self.runtime
+            .call_batch(&self.plugin, calls)
+            .await
+            .into_iter()
+            .map(|(result, took)| (result.map_err(HandlerError::Call), took))
+            .collect()
     }
 }
 

@@ -35,19 +35,21 @@ impl Dispatcher {
     }
 
     async fn drain(self: Arc<Self>, queue: String) {
+        /// Deliveries dead-lettered per commit while draining.
+        const DRAIN_BATCH: usize = 256;
         let stats = TargetStats::default();
         let mut drained = 0usize;
         let mut quiet = 0u32;
         let mut empty = false;
         while self.rules.target(&queue).is_none() {
-            match tokio::time::timeout(QUIET, self.bus.take(&queue)).await {
-                // Without a target, delivering dead-letters it with the reason.
-                Ok(Some(d)) => {
-                    drained += 1;
+            match tokio::time::timeout(QUIET, self.bus.take_batch(&queue, DRAIN_BATCH)).await {
+                Ok(batch) if batch.is_empty() => break,
+                // Without a target, delivering dead-letters them with the reason.
+                Ok(batch) => {
+                    drained += batch.len();
                     quiet = 0;
-                    self.deliver(d, &stats).await;
+                    self.deliver(&queue, batch, &stats).await;
                 }
-                Ok(None) => break,
                 Err(_) => {
                     let left = self
                         .bus

@@ -18,13 +18,19 @@ pub(super) enum Op {
         events: Vec<Prepared>,
         reply: PublishReply,
     },
+    /// A worker's batch of settles, committed together.
     Settle {
-        delivery: Box<Delivery>,
-        /// With an `Ack`, its `new_events` are moved, prepared, into `outputs`.
-        outcome: Settle,
-        outputs: Vec<Prepared>,
+        settles: Vec<Settling>,
         reply: oneshot::Sender<Result<(), BusError>>,
     },
+}
+
+/// One delivery's outcome on its way to the committer.
+pub(super) struct Settling {
+    delivery: Delivery,
+    /// With an `Ack`, its `new_events` are moved, prepared, into `outputs`.
+    outcome: Settle,
+    outputs: Vec<Prepared>,
 }
 
 /// An event made ready for its commit by the caller, off the committer thread:
@@ -105,26 +111,33 @@ pub(super) async fn publish(
         .map_err(|_| BusError::Store("the commit failed; nothing was written".into()))?
 }
 
-/// Commits a delivery's outcome, with an ack's new events in the same commit.
+/// Commits deliveries' outcomes, with the acks' new events, in one commit.
 pub(super) async fn settle(
     store: &EmbeddedBus,
-    delivery: Delivery,
-    mut outcome: Settle,
+    settles: Vec<(Delivery, Settle)>,
 ) -> Result<(), BusError> {
-    let mut outputs = Vec::new();
-    if let Settle::Ack { new_events, .. } = &mut outcome {
-        outputs = std::mem::take(new_events)
-            .into_iter()
-            .map(|e| store.inner.prepare(e))
-            .collect();
+    if settles.is_empty() {
+        return Ok(());
     }
+    let settles = settles
+        .into_iter()
+        .map(|(delivery, mut outcome)| {
+            let mut outputs = Vec::new();
+            if let Settle::Ack { new_events, .. } = &mut outcome {
+                outputs = std::mem::take(new_events)
+                    .into_iter()
+                    .map(|e| store.inner.prepare(e))
+                    .collect();
+            }
+            Settling {
+                delivery,
+                outcome,
+                outputs,
+            }
+        })
+        .collect();
     let (reply, rx) = oneshot::channel();
-    store.send(Op::Settle {
-        delivery: Box::new(delivery),
-        outcome,
-        outputs,
-        reply,
-    })?;
+    store.send(Op::Settle { settles, reply })?;
     rx.await
         .map_err(|_| BusError::Store("the commit failed".into()))?
 }
@@ -188,13 +201,10 @@ impl Inner {
                             }
                             replies.push(Reply::Publish(reply, results));
                         }
-                        Op::Settle {
-                            delivery,
-                            outcome,
-                            outputs,
-                            reply,
-                        } => {
-                            w.settle(*delivery, outcome, outputs)?;
+                        Op::Settle { settles, reply } => {
+                            for s in settles {
+                                w.settle(s.delivery, s.outcome, s.outputs)?;
+                            }
                             replies.push(Reply::Settle(reply));
                         }
                     }

@@ -204,11 +204,19 @@ impl Bus for EmbeddedBus {
     }
 
     async fn take(&self, key: &str) -> Option<Delivery> {
-        queues::take(&self.inner, key).await
+        queues::take(&self.inner, key, 1).await.pop()
+    }
+
+    async fn take_batch(&self, key: &str, max: usize) -> Vec<Delivery> {
+        queues::take(&self.inner, key, max).await
     }
 
     async fn settle(&self, delivery: Delivery, outcome: Settle) -> Result<(), BusError> {
-        commit::settle(self, delivery, outcome).await
+        commit::settle(self, vec![(delivery, outcome)]).await
+    }
+
+    async fn settle_batch(&self, settles: Vec<(Delivery, Settle)>) -> Result<(), BusError> {
+        commit::settle(self, settles).await
     }
 
     fn queue_stats(&self) -> Vec<QueueStats> {

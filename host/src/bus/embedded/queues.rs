@@ -69,13 +69,14 @@ impl Inner {
     }
 }
 
-/// The earliest due delivery of queue `key`, waiting until one is due; `None`
-/// once the store is closed.
-pub(super) async fn take(inner: &Inner, key: &str) -> Option<Delivery> {
+/// The earliest due deliveries of queue `key`, at most `max` (at least one),
+/// waiting until one is due; empty once the store is closed. Only the first is
+/// waited for: the others are those already due, taken under the same lock.
+pub(super) async fn take(inner: &Inner, key: &str, max: usize) -> Vec<Delivery> {
     let q = inner.queue(key);
     loop {
         if inner.closed.load(Ordering::SeqCst) {
-            return None;
+            return Vec::new();
         }
         let notified = q.notify.notified();
         tokio::pin!(notified);
@@ -84,11 +85,19 @@ pub(super) async fn take(inner: &Inner, key: &str) -> Option<Delivery> {
             let mut st = q.state.lock();
             let now = inner.config.clock.now_ms();
             match st.ready.first_key_value().map(|(k, _)| *k) {
-                Some((due, seq)) if due <= now => {
-                    let d = st.ready.remove(&(due, seq));
-                    st.in_flight += 1;
-                    inner.total_backlog.fetch_sub(1, Ordering::Relaxed);
-                    return d;
+                Some((due, _)) if due <= now => {
+                    let mut taken = Vec::with_capacity(max.min(st.ready.len()));
+                    while taken.len() < max.max(1) {
+                        match st.ready.first_entry() {
+                            Some(e) if e.key().0 <= now => taken.push(e.remove()),
+                            _ => break,
+                        }
+                    }
+                    st.in_flight += taken.len();
+                    inner
+                        .total_backlog
+                        .fetch_sub(taken.len(), Ordering::Relaxed);
+                    return taken;
                 }
                 Some((due, _)) => Some((due - now) as u64),
                 None => None,
@@ -140,6 +149,33 @@ pub(super) fn forget(inner: &Inner, queue: &str) {
 mod tests {
     use super::super::testing::{by_source, event, open, take};
     use super::*;
+
+    #[tokio::test]
+    async fn a_batch_takes_only_what_is_due_up_to_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = open(dir.path());
+        let events = (0..5).map(|_| event("to-a")).collect();
+        bus.publish(by_source(events)).await.unwrap();
+        let first = bus.take_batch("default/r/a", 3).await;
+        assert_eq!(first.len(), 3);
+        assert!(first.windows(2).all(|w| w[0].seq < w[1].seq), "in order");
+        // One goes back for later: the batch does not wait for it.
+        let mut later = first[0].clone();
+        later.attempts = 1;
+        bus.settle(
+            later,
+            Settle::Retry {
+                due_ms: now_ms() + 60_000,
+                error: "later".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let rest = bus.take_batch("default/r/a", 10).await;
+        assert_eq!(rest.len(), 2, "the two still due, not the one retrying later");
+        let stats = &bus.queue_stats()[0];
+        assert_eq!((stats.backlog, stats.in_flight), (1, 4));
+    }
 
     #[tokio::test]
     async fn retry_waits_until_due_and_keeps_the_error() {
