@@ -213,7 +213,13 @@ pub struct RuleConfig {
     pub name: String,
     #[serde(default = "default_bus")]
     pub bus: String,
-    pub pattern: toml::Value,
+    /// The event pattern (TOML table or JSON text); absent on a scheduled rule.
+    #[serde(default)]
+    pub pattern: Option<toml::Value>,
+    /// `rate(5 minutes)` or `cron(0 3 * * ? *)` (UTC): the targets get a
+    /// `Scheduled Event` per tick instead of matching events.
+    #[serde(default)]
+    pub schedule: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default = "yes")]
@@ -249,13 +255,17 @@ impl Config {
             .iter()
             .map(|r| {
                 let pattern = match &r.pattern {
-                    toml::Value::String(s) => s.clone(),
-                    other => serde_json::to_string(other)?,
+                    None if r.schedule.is_some() => String::new(),
+                    None => anyhow::bail!("rule {} needs a pattern or a schedule", r.name),
+                    Some(toml::Value::String(s)) => s.clone(),
+                    Some(other) => serde_json::to_string(other)?,
                 };
                 Ok(Rule {
                     name: r.name.clone(),
                     bus: r.bus.clone(),
                     pattern,
+                    schedule: r.schedule.clone(),
+                    region: None,
                     state: if r.enabled {
                         RuleState::Enabled
                     } else {

@@ -55,6 +55,8 @@ pub struct Node {
     pub plugins_loaded: Arc<std::sync::atomic::AtomicBool>,
     /// This node's time, shared by its store and dispatcher (tests advance it).
     pub clock: Arc<crate::clock::Clock>,
+    /// Scheduled rules and schedules: one timer for all of them.
+    pub scheduler: Arc<crate::schedule::Scheduler>,
 }
 
 /// How [`Node::start_with`] starts.
@@ -182,6 +184,15 @@ impl Node {
         crate::control::start(&control, &runtime);
         dispatcher.start();
         let publisher = Arc::new(Publisher::new(rules.clone(), bus.clone()));
+        let scheduler = crate::schedule::Scheduler::new(
+            clock.clone(),
+            bus.kv(),
+            Arc::new(crate::schedule::fire::NodeSink {
+                publisher: publisher.clone(),
+            }),
+        );
+        scheduler.start();
+        tokio::spawn(follow_scheduled_rules(rules.clone(), scheduler.clone()));
         let node = Arc::new(Node {
             config,
             config_path,
@@ -206,6 +217,7 @@ impl Node {
             tail,
             plugins_loaded,
             clock,
+            scheduler,
         });
         node.spawn_tail_forwarder();
         node.spawn_retention();
@@ -362,6 +374,19 @@ impl crate::bus::CommitObserver for TailObserver {
             event: Box::new(c.event),
             rules: c.rules,
         });
+    }
+}
+
+/// Keeps the scheduler's jobs in step with the scheduled rules: a new, changed,
+/// enabled, disabled or deleted rule is one `replace` away.
+async fn follow_scheduled_rules(rules: Arc<RuleSet>, scheduler: Arc<crate::schedule::Scheduler>) {
+    use crate::schedule::fire::{RULE_PREFIX, rule_jobs};
+    let mut changes = rules.subscribe();
+    loop {
+        scheduler.replace(RULE_PREFIX, rule_jobs(&rules)).await;
+        if changes.changed().await.is_err() {
+            break;
+        }
     }
 }
 

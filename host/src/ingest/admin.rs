@@ -3,7 +3,7 @@
 //!
 //! - `GET /v1/plugins`: the plugin runtime's status of every plugin.
 //! - `GET /v1/rules[?bus=&prefix=]`, `GET|PUT|DELETE /v1/rules/{bus}/{name}`.
-//!   `PUT` takes `{"pattern": <object or JSON text>, "state"?, "description"?, "targets"?}`;
+//!   `PUT` takes `{"pattern": <object or JSON text>, "state"?, "description"?, "targets"?}`, or `"schedule": "rate(5 minutes)"` instead of `pattern`;
 //!   without `targets` the rule keeps the targets it has.
 //! - `GET /v1/buses`, `GET|PUT|DELETE /v1/buses/{name}` (`PUT` body: `{"description"?}`).
 //! - `GET /v1/targets`: every target's queue, worker pool and delivery statistics.
@@ -166,7 +166,11 @@ async fn get_rule(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PutRuleBody {
-    pattern: Value,
+    #[serde(default)]
+    pattern: Option<Value>,
+    /// `rate(...)` or `cron(...)`: a scheduled rule instead of a pattern.
+    #[serde(default)]
+    schedule: Option<String>,
     #[serde(default)]
     state: Option<String>,
     #[serde(default)]
@@ -193,9 +197,16 @@ async fn put_rule(
     let (bus, name) = path(p)?;
     let body: PutRuleBody = json_body(&node, &headers, body).await?;
     let pattern = match body.pattern {
-        Value::String(text) => text,
-        v @ Value::Object(_) => v.to_string(),
-        other => {
+        None if body.schedule.is_some() => String::new(),
+        None => {
+            return Err(ApiError::bad_request(
+                "InvalidArgument",
+                "a rule needs a pattern or a schedule",
+            ));
+        }
+        Some(Value::String(text)) => text,
+        Some(v @ Value::Object(_)) => v.to_string(),
+        Some(other) => {
             return Err(ApiError::bad_request(
                 "InvalidEventPattern",
                 format!(
@@ -219,6 +230,8 @@ async fn put_rule(
         name,
         bus,
         pattern,
+        schedule: body.schedule,
+        region: None,
         state,
         description: body.description,
         targets: body.targets.unwrap_or_default(),

@@ -102,15 +102,7 @@ impl Ctx<'_> {
 
     /// `rule/NAME` on the default bus, `rule/BUS/NAME` on others, as EventBridge writes it.
     fn rule_arn(&self, bus: &str, name: &str) -> String {
-        let path = if bus == DEFAULT_BUS {
-            name.to_string()
-        } else {
-            format!("{bus}/{name}")
-        };
-        format!(
-            "arn:aws:events:{}:{DEFAULT_ACCOUNT}:rule/{path}",
-            self.region
-        )
+        crate::rules::rule_arn(&self.region, bus, name)
     }
 }
 
@@ -570,10 +562,13 @@ fn rule_json(ctx: &Ctx<'_>, r: &Rule) -> Value {
     let mut v = json!({
         "Name": r.name,
         "Arn": ctx.rule_arn(&r.bus, &r.name),
-        "EventPattern": r.pattern,
         "State": state_text(r.state),
         "EventBusName": r.bus,
     });
+    match &r.schedule {
+        Some(s) => v["ScheduleExpression"] = Value::String(s.clone()),
+        None => v["EventPattern"] = Value::String(r.pattern.clone()),
+    }
     if let Some(d) = &r.description {
         v["Description"] = Value::String(d.clone());
     }
@@ -603,14 +598,20 @@ fn find_rule(ctx: &Ctx<'_>, bus: &str, name: &str) -> Result<Rule> {
 async fn put_rule(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
     let name = p.req_str("Name")?;
     let bus = p.bus("EventBusName")?;
-    if p.str("ScheduleExpression")?.is_some() {
-        return Err(AwsError::validation(
-            "ScheduleExpression is not supported: busbar rules match events; give an EventPattern",
-        ));
-    }
-    let pattern = p
-        .str("EventPattern")?
-        .ok_or_else(|| AwsError::validation("Parameter(s) EventPattern must be specified."))?;
+    let schedule = p.str("ScheduleExpression")?.filter(|s| !s.is_empty());
+    let pattern = match (p.str("EventPattern")?, &schedule) {
+        (Some(_), Some(_)) => {
+            return Err(AwsError::validation(
+                "Parameter(s) EventPattern and ScheduleExpression cannot be used together; a rule has a pattern or a schedule.",
+            ));
+        }
+        (None, None) => {
+            return Err(AwsError::validation(
+                "Parameter(s) EventPattern or ScheduleExpression must be specified.",
+            ));
+        }
+        (pattern, _) => pattern.unwrap_or_default(),
+    };
     let state = match p.str("State")?.as_deref() {
         None | Some("ENABLED") | Some("ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS") => {
             RuleState::Enabled
@@ -628,6 +629,8 @@ async fn put_rule(ctx: &Ctx<'_>, p: &mut Params) -> Result<Value> {
         name,
         bus,
         pattern,
+        region: schedule.as_ref().map(|_| ctx.region.clone()),
+        schedule,
         state,
         description,
         targets: Vec::new(),

@@ -63,6 +63,7 @@ pub async fn serve_with_shutdown(
     });
     let bounds = listener::Bounds::from_config(&node.config.server);
     listener::serve(listener, router(node.clone()), bounds, stopped).await;
+    node.scheduler.stop();
     node.bus.close();
     Ok(())
 }

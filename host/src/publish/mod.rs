@@ -21,6 +21,8 @@ pub struct PublishOptions {
     pub skip_archive: bool,
     /// Route only to these rules (a replay to named rules).
     pub only_rules: Option<Vec<String>>,
+    /// Route to this one rule's targets without matching: a scheduled rule's tick.
+    pub to_rule: Option<String>,
 }
 
 /// Serializes `event` once and routes it on those bytes. Replayed events are in
@@ -32,7 +34,10 @@ pub fn route(
 ) -> Result<RoutedEvent, PublishError> {
     let json = serde_json::to_vec(&event)
         .map_err(|e| PublishError::Store(format!("event {}: {e}", event.id)))?;
-    let routing = rules.route(&event, &json, options.only_rules.as_deref());
+    let routing = match &options.to_rule {
+        Some(name) => rules.route_to_rule(&event.bus, name),
+        None => rules.route(&event, &json, options.only_rules.as_deref()),
+    };
     let archive = !options.skip_archive && event.replay_name.is_none();
     Ok(RoutedEvent {
         event,

@@ -185,6 +185,7 @@ impl Replays {
             let options = PublishOptions {
                 skip_archive: true,
                 only_rules: rules.clone(),
+                ..Default::default()
             };
             let results = self.publisher.publish(batch, &options).await;
             let ok = results.iter().filter(|r| r.is_ok()).count();

@@ -25,13 +25,24 @@ impl Route {
     }
 }
 
-/// A rule: on one bus, a pattern, and the targets that get every matching event.
+/// A rule: on one bus, a pattern (or a schedule), and the targets that get
+/// every matching event (or every tick).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rule {
     pub name: String,
     pub bus: String,
-    /// The event pattern as JSON text (validated when the rule is stored).
+    /// The event pattern as JSON text (validated when the rule is stored);
+    /// empty for a scheduled rule.
+    #[serde(default)]
     pub pattern: String,
+    /// EventBridge's `ScheduleExpression` (`rate(...)` or `cron(...)`, UTC):
+    /// the rule matches no events and its targets get a `Scheduled Event` per tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The region of the rule's ARN (the credential scope of the PutRule that
+    /// made it), which its scheduled events carry; `local` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     pub state: RuleState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -153,6 +164,20 @@ pub struct BusInfo {
     pub created: String,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+}
+
+/// A rule's ARN as EventBridge writes it: `rule/NAME` on the default bus,
+/// `rule/BUS/NAME` on others. Scheduled events carry it in `resources`.
+pub fn rule_arn(region: &str, bus: &str, name: &str) -> String {
+    let path = if bus == crate::event::DEFAULT_BUS {
+        name.to_string()
+    } else {
+        format!("{bus}/{name}")
+    };
+    format!(
+        "arn:aws:events:{region}:{}:rule/{path}",
+        crate::event::DEFAULT_ACCOUNT
+    )
 }
 
 /// The key of one delivery queue: a (rule, target) on a bus.

@@ -7,6 +7,7 @@ use super::Route;
 use super::{BusInfo, Rule, RuleOrigin, RuleState, Target};
 use crate::event::{DEFAULT_BUS, Event};
 use crate::pattern::{Limits, Matcher, Pattern};
+use crate::schedule::expr::{Dialect, Expression};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -92,8 +93,8 @@ impl RuleSet {
         self.version.subscribe()
     }
 
-    /// Checks a rule without storing it.
-    pub fn validate(&self, rule: &Rule) -> Result<Pattern, RuleError> {
+    /// Checks a rule without storing it; its compiled pattern, `None` for a scheduled rule.
+    pub fn validate(&self, rule: &Rule) -> Result<Option<Pattern>, RuleError> {
         if rule.name.is_empty()
             || rule.name.len() > 64
             || !rule
@@ -106,9 +107,30 @@ impl RuleSet {
                 rule.name
             )));
         }
-        let pattern = Pattern::parse_with(&rule.pattern, &self.limits).map_err(|e| {
-            RuleError::InvalidPattern(format!("Event pattern is not valid. Reason: {e}"))
-        })?;
+        let pattern = match &rule.schedule {
+            Some(text) => {
+                if !rule.pattern.is_empty() {
+                    return Err(RuleError::Invalid(format!(
+                        "rule {}: Parameter(s) EventPattern and ScheduleExpression cannot be used together; a rule has a pattern or a schedule",
+                        rule.name
+                    )));
+                }
+                if rule.bus != DEFAULT_BUS {
+                    return Err(RuleError::Invalid(format!(
+                        "rule {}: ScheduleExpression is supported only on the default event bus.",
+                        rule.name
+                    )));
+                }
+                Expression::parse(text, Dialect::Rule)
+                    .map_err(|e| RuleError::Invalid(e.message))?;
+                None
+            }
+            None => Some(
+                Pattern::parse_with(&rule.pattern, &self.limits).map_err(|e| {
+                    RuleError::InvalidPattern(format!("Event pattern is not valid. Reason: {e}"))
+                })?,
+            ),
+        };
         let mut ids = std::collections::HashSet::new();
         for t in &rule.targets {
             if t.id.is_empty() || t.id.len() > 64 || t.id.contains('/') {
@@ -168,7 +190,8 @@ impl RuleSet {
                     (rule.clone(), t.clone()),
                 );
             }
-            if rule.state != RuleState::Enabled {
+            // A scheduled rule matches no events: its ticks are routed to it by name.
+            if rule.state != RuleState::Enabled || rule.schedule.is_some() {
                 continue;
             }
             // Rules were validated on the way in; a rule that no longer parses (a lowered
@@ -433,6 +456,32 @@ impl RuleSet {
             out.routes.extend(m.routes[i].iter().cloned());
         }
         out
+    }
+
+    /// The routes of a scheduled rule's tick: every target of that one rule
+    /// when it is enabled, nothing otherwise. No pattern is matched.
+    pub fn route_to_rule(&self, bus: &str, name: &str) -> Routing {
+        metrics::counter!("busbar_events_routed_total").increment(1);
+        let c = self.current.load();
+        let Some(rule) = c
+            .rules
+            .get(&(bus.to_string(), name.to_string()))
+            .filter(|r| r.state == RuleState::Enabled)
+        else {
+            return Routing::default();
+        };
+        Routing {
+            rules: vec![Arc::from(name)],
+            routes: rule
+                .targets
+                .iter()
+                .map(|t| Route {
+                    rule: name.to_string(),
+                    target: t.id.clone(),
+                    plugin: t.plugin.clone(),
+                })
+                .collect(),
+        }
     }
 
     /// Events routed so far (calls of [`RuleSet::route`]).

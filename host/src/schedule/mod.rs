@@ -20,6 +20,7 @@
 //! scheduled event through the ordinary publish path.
 
 pub mod expr;
+pub mod fire;
 pub mod state;
 
 use crate::clock::Clock;

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
 
-fn venv_bin(name: &str) -> PathBuf {
+pub(crate) fn venv_bin(name: &str) -> PathBuf {
     let path = repo_root().join(".tools/venv/bin").join(name);
     assert!(
         path.exists(),
@@ -19,7 +19,7 @@ fn venv_bin(name: &str) -> PathBuf {
 }
 
 /// A command with dummy credentials and no user configuration in the way.
-fn isolated(program: PathBuf, access_key: &str) -> Command {
+pub(crate) fn isolated(program: PathBuf, access_key: &str) -> Command {
     let mut cmd = Command::new(program);
     cmd.env("AWS_ACCESS_KEY_ID", access_key)
         .env("AWS_SECRET_ACCESS_KEY", "x")
@@ -40,12 +40,22 @@ fn isolated(program: PathBuf, access_key: &str) -> Command {
 
 /// Runs `aws events <args>`; Ok(parsed stdout) or Err(stderr).
 fn aws_as(s: &TestServer, access_key: &str, args: &[&str]) -> Result<Value, String> {
+    run_aws(&s.url, access_key, "events", args)
+}
+
+/// Runs `aws <service> <args>` against `url`; Ok(parsed stdout) or Err(stderr).
+pub(crate) fn run_aws(
+    url: &str,
+    access_key: &str,
+    service: &str,
+    args: &[&str],
+) -> Result<Value, String> {
     let out = isolated(venv_bin("aws"), access_key)
-        .arg("events")
+        .arg(service)
         .args(args)
         .args([
             "--endpoint-url",
-            &s.url,
+            url,
             "--region",
             "us-east-1",
             "--output",

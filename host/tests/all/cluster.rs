@@ -354,6 +354,7 @@ async fn replays_are_not_archived_and_the_archive_expires() {
             PublishOptions {
                 skip_archive: true,
                 only_rules: Some(vec!["other".into()]),
+                ..Default::default()
             },
         ))
         .await
@@ -517,6 +518,8 @@ fn rule(name: &str) -> Rule {
         name: name.into(),
         bus: "orders".into(),
         pattern: r#"{"source":["shop"]}"#.into(),
+        schedule: None,
+        region: None,
         state: RuleState::Enabled,
         description: None,
         targets: vec![],

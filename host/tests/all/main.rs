@@ -27,4 +27,5 @@ mod otlp;
 mod pattern_conformance;
 mod pattern_props;
 mod runtime;
+mod schedules;
 mod single_pass;
