@@ -2,6 +2,7 @@
 //! pattern locally, and the other subcommands are small clients of a running
 //! node's HTTP API.
 
+mod call;
 pub mod client;
 mod dlq;
 pub mod output;
@@ -12,6 +13,7 @@ mod rules;
 mod serve;
 mod tail;
 mod test_pattern;
+pub mod wit;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -41,8 +43,12 @@ Getting started:
 The client commands (put, rules, plugins, dlq, replay, tail) reach the node at
 --url or BUSBAR_URL (default http://127.0.0.1:8080) and send --token or
 BUSBAR_TOKEN as a bearer token. Every listing takes --json for scripts.
+Writing a plugin:
+  busbar wit > plugin.wit                       the contract a plugin implements
+  busbar call my-plugin.wasm --event @order.json   one call, locally, no node
+
 Exit status: 0 done, 1 the node refused or could not be reached, 2 the
-command line is wrong (test-pattern documents its own codes).
+command line is wrong (test-pattern and call document their own codes).
 
 `busbar help COMMAND` or `busbar COMMAND --help` for more.";
 
@@ -64,12 +70,21 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// Watch events and delivery outcomes live.
     Tail(tail::TailArgs),
+    /// Run one call of a plugin locally, no node needed (exit 0 ok, 1 handler error, 3 load error, 4 trap).
+    Call(call::CallArgs),
+    /// Print the plugin contract: the WIT package busbar:plugin@0.1.0.
+    Wit,
 }
 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => return serve::run(args),
         Command::TestPattern(args) => return test_pattern::run(args),
+        Command::Call(args) => return call::run(args),
+        Command::Wit => {
+            print!("{}", wit::PLUGIN_WIT);
+            return ExitCode::SUCCESS;
+        }
         Command::Put(args) => put::run(args),
         Command::Rules(args) => rules::run(args),
         Command::Plugins(args) => plugins::run(args),

@@ -48,6 +48,10 @@ pub async fn run(
     let work = async {
         let mut instance = version.checkout(clock).await?;
         let ran = invoke(&mut instance, clock, &input, &delivery).await;
+        let memory = instance.store.data().limiter.reserved_bytes();
+        version
+            .memory_high_water
+            .fetch_max(memory, std::sync::atomic::Ordering::Relaxed);
         let healthy = matches!(ran, Ran::Returned(_));
         version.checkin(instance, healthy);
         Ok::<Ran, CallError>(ran)

@@ -33,9 +33,10 @@ mod watch;
 
 pub use call::{MAX_OUTPUT_BYTES, MAX_OUTPUT_EVENTS};
 pub use errors::{CallError, EXPORT, FailureKind};
+pub use imports::{HttpRecorder, RecordedRequest};
 pub use kv::{KvBackend, KvError};
 pub use manifest::{Http, Instances, Limits, Manifest, Policy, Scaling};
-pub use registry::{PluginState, PluginStatus, RegistryChange};
+pub use registry::{PluginState, PluginStatus, RegistryChange, valid_name};
 
 use crate::event::Event;
 use dashmap::DashMap;
@@ -116,6 +117,9 @@ pub struct Runtime {
     budget: Arc<pool::InstanceBudget>,
     changes: broadcast::Sender<RegistryChange>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    /// Set by [`Runtime::record_http`]: versions loaded after it record
+    /// their requests instead of sending them.
+    http_recorder: std::sync::OnceLock<Arc<imports::HttpRecorder>>,
     me: Weak<Runtime>,
 }
 
@@ -154,6 +158,7 @@ impl Runtime {
             budget: pool::InstanceBudget::new(engine::TOTAL_INSTANCES),
             changes,
             watcher: Mutex::new(None),
+            http_recorder: std::sync::OnceLock::new(),
             me: me.clone(),
         }))
     }

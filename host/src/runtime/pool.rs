@@ -273,6 +273,8 @@ pub struct Version {
     retired: AtomicBool,
     slots: Arc<Slots>,
     pub instances_created: AtomicU64,
+    /// The most linear memory an instance held at the end of a call, in bytes.
+    pub memory_high_water: AtomicU64,
     pub metrics: CallMetrics,
 }
 
@@ -299,6 +301,7 @@ impl Version {
             retired: AtomicBool::new(false),
             slots,
             instances_created: AtomicU64::new(0),
+            memory_high_water: AtomicU64::new(0),
         });
         budget.track(&version);
         version

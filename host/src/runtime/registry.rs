@@ -148,6 +148,36 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 impl Runtime {
+    /// From now on, plugins loaded by this runtime record their outbound
+    /// HTTP requests in the returned recorder instead of sending them (the
+    /// allow-list still applies). For local tries of a plugin
+    /// (`busbar call --http-record`), never for a serving node.
+    pub fn record_http(&self) -> Arc<super::HttpRecorder> {
+        self.http_recorder.get_or_init(Default::default).clone()
+    }
+
+    /// The most linear memory one instance of `plugin`'s serving version has
+    /// held at the end of a call, in bytes (every memory of the instance).
+    pub fn memory_high_water(&self, plugin: &str) -> Option<u64> {
+        let entry = self.plugins.get(plugin)?;
+        let v = entry.current.load_full()?;
+        Some(v.memory_high_water.load(Ordering::Relaxed))
+    }
+
+    /// What the serving version of `plugin` imports, by name (e.g.
+    /// `wasi:io/streams@0.2.6`), sorted.
+    pub fn imports(&self, plugin: &str) -> Option<Vec<String>> {
+        let entry = self.plugins.get(plugin)?;
+        let v = entry.current.load_full()?;
+        let ty = v.component.component_type();
+        let mut names: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        names.sort();
+        Some(names)
+    }
+
     fn entry(&self, name: &str) -> Arc<Entry> {
         self.plugins
             .entry(name.to_string())
@@ -247,6 +277,7 @@ impl Runtime {
             manifest: Arc::new(manifest),
             kv: self.kv.clone(),
             http: self.http.clone(),
+            http_recorder: self.http_recorder.get().cloned(),
         });
         // Checked last, with the reservation made in the same step, so loads
         // running side by side cannot reserve more slots than the engine has.

@@ -45,6 +45,8 @@ const SUBCOMMANDS: &[&str] = &[
     "dlq",
     "replay",
     "tail",
+    "call",
+    "wit",
 ];
 
 #[test]
@@ -89,6 +91,8 @@ fn every_subcommand_has_help() {
         &["replay", "start"],
         &["replay", "status"],
         &["tail"],
+        &["call"],
+        &["wit"],
     ];
     for args in commands {
         let mut argv = args.to_vec();
@@ -101,7 +105,7 @@ fn every_subcommand_has_help() {
             text.contains(&usage),
             "busbar {argv:?} lacks {usage:?}:\n{text}"
         );
-        if !matches!(args[0], "serve" | "test-pattern") {
+        if !matches!(args[0], "serve" | "test-pattern" | "call" | "wit") {
             assert!(
                 text.contains("--url <URL>") && text.contains("--token <TOKEN>"),
                 "busbar {argv:?} does not document --url and --token:\n{text}"

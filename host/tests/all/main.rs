@@ -26,6 +26,7 @@ mod http_api;
 mod otlp;
 mod pattern_conformance;
 mod pattern_props;
+mod plugin_authors;
 mod runtime;
 mod schedules;
 mod single_pass;

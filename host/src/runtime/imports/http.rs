@@ -14,8 +14,35 @@
 
 use super::State;
 use super::bindings::busbar::plugin::http::{Host, HttpError, Request, Response};
+use parking_lot::Mutex;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+
+/// Requests a plugin made while the host was recording instead of sending
+/// (`busbar call --http-record`): the manifest's allow-list still decides,
+/// and every allowed request is answered `200` with an empty body.
+#[derive(Debug, Default)]
+pub struct HttpRecorder {
+    requests: Mutex<Vec<RecordedRequest>>,
+}
+
+/// One request as the plugin made it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecordedRequest {
+    pub plugin: String,
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// The body as text (lossy UTF-8), if there was one.
+    pub body: Option<String>,
+}
+
+impl HttpRecorder {
+    /// Everything recorded so far, oldest first, leaving the record empty.
+    pub fn take(&self) -> Vec<RecordedRequest> {
+        std::mem::take(&mut *self.requests.lock())
+    }
+}
 
 /// Response bodies larger than this are refused rather than buffered.
 pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
@@ -195,6 +222,23 @@ impl Host for State {
         let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|_| {
             HttpError::InvalidRequest(format!("{:?} is not an HTTP method", request.method))
         })?;
+        if let Some(recorder) = &self.host.http_recorder {
+            recorder.requests.lock().push(RecordedRequest {
+                plugin: plugin.to_string(),
+                method: method.to_string(),
+                url: url.to_string(),
+                headers: request.headers.clone(),
+                body: request
+                    .body
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned()),
+            });
+            return Ok(Response {
+                status: 200,
+                headers: Vec::new(),
+                body: Vec::new(),
+            });
+        }
         let mut builder = self.host.http.request(method, url);
         for (name, value) in &request.headers {
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {

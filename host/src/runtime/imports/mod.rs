@@ -4,8 +4,8 @@
 
 mod config;
 mod http;
-pub use http::AllowedNetwork;
 pub use http::client as http_client;
+pub use http::{AllowedNetwork, HttpRecorder, RecordedRequest};
 mod kv;
 mod log;
 pub mod wasi;
@@ -38,6 +38,8 @@ pub struct PluginHost {
     pub manifest: Arc<Manifest>,
     pub kv: Arc<dyn KvBackend>,
     pub http: reqwest::Client,
+    /// When set, requests are recorded here instead of sent.
+    pub http_recorder: Option<Arc<http::HttpRecorder>>,
 }
 
 /// Time budget of the call in progress, read by the epoch callback and `http`.
@@ -93,6 +95,16 @@ pub enum LimitExceeded {
 /// reported as OutOfMemory, whatever the guest language does with a failed grow.
 pub struct MemoryLimiter {
     limit_bytes: usize,
+    /// Linear memory of every memory of the instance together, in bytes:
+    /// wasmtime asks here for a memory's initial size too, so this is what
+    /// the instance holds (what `busbar call` reports as the call's memory).
+    reserved_bytes: u64,
+}
+
+impl MemoryLimiter {
+    pub fn reserved_bytes(&self) -> u64 {
+        self.reserved_bytes
+    }
 }
 
 /// Generous, but bounds host-side table growth by a hostile guest.
@@ -101,7 +113,7 @@ const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -112,6 +124,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             }
             .into());
         }
+        self.reserved_bytes += desired.saturating_sub(current) as u64;
         Ok(true)
     }
 
@@ -148,6 +161,7 @@ impl State {
             limiter: MemoryLimiter {
                 limit_bytes: usize::try_from(host.manifest.limits.memory_mib << 20)
                     .unwrap_or(usize::MAX),
+                reserved_bytes: 0,
             },
             host,
             clock,
