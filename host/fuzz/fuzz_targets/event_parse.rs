@@ -1,5 +1,7 @@
 //! Any bytes given to `Matcher::matches_json` are refused exactly when
-//! serde_json refuses them, and otherwise match as the parsed `Value` does.
+//! serde_json refuses them, and otherwise match as the parsed `Value` does;
+//! `Matcher::matches_trusted` never panics on them and, on valid JSON, agrees
+//! with both.
 #![no_main]
 
 use busbar::pattern::{Matcher, Pattern};
@@ -27,10 +29,18 @@ fuzz_target!(|data: &[u8]| {
         (ps, m)
     });
     let scanned = matcher.matches_json(data);
+    // Any bytes at all: the trusted path answers without panicking.
+    let trusted = matcher.matches_trusted(data);
     match serde_json::from_slice::<serde_json::Value>(data) {
         Err(_) => assert!(scanned.is_err()),
         Ok(value) => {
             let mut got = scanned.expect("serde_json accepts this input");
+            // On valid JSON the trusted path sees what the validating one sees,
+            // duplicate keys included; and on busbar's own serialization of the
+            // value, what the parsed value gives.
+            assert_eq!(trusted, got);
+            let mut stored = matcher.matches_trusted(&serde_json::to_vec(&value).unwrap());
+            stored.sort();
             got.sort();
             let mut by_value = matcher.matches(&value);
             by_value.sort();
@@ -39,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
             if serde_json::from_slice::<NoDuplicates>(data).is_ok() {
                 assert_eq!(got, by_value);
             }
+            assert_eq!(stored, by_value);
             let reference: Vec<usize> = patterns
                 .iter()
                 .enumerate()

@@ -359,14 +359,19 @@ impl Compiled {
         })
     }
 
-    /// Target indices matched by raw JSON, ascending.
-    pub fn match_json(&self, json: &[u8], out: &mut Vec<u32>) -> Result<(), Malformed> {
+    /// Target indices matched by raw JSON, ascending; `TRUSTED` as in
+    /// [`flatten::scan_json`].
+    pub fn match_json<const TRUSTED: bool>(
+        &self,
+        json: &[u8],
+        out: &mut Vec<u32>,
+    ) -> Result<(), Malformed> {
         with_scratch(self, |s| {
             let mut sink = Run {
                 c: self,
                 st: &mut s.st,
             };
-            flatten::scan_json(&self.trie, json, &mut s.trail, &mut sink)?;
+            flatten::scan_json::<TRUSTED>(&self.trie, json, &mut s.trail, &mut sink)?;
             s.st.finish(self, out);
             Ok(())
         })

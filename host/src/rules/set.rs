@@ -440,11 +440,9 @@ impl RuleSet {
         let Some(m) = c.matchers.get(&event.bus) else {
             return out;
         };
-        // The bytes are serde_json's own output, so they parse; an error would mean
-        // an event no rule can read, which routes nowhere.
-        let Ok(mut ids) = m.matcher.matches_json(json) else {
-            return out;
-        };
+        // The bytes are serde_json's own output of an event validated at ingest,
+        // so the matcher may pass over what no rule reads without validating it.
+        let mut ids = m.matcher.matches_trusted(json);
         ids.sort_unstable();
         metrics::counter!("busbar_matches_total").increment(ids.len() as u64);
         for i in ids {

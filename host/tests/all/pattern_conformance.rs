@@ -3,7 +3,8 @@
 //! arrays, data types), and with aws/event-ruler's validation messages.
 //!
 //! Every case runs through the reference interpreter (`Pattern::matches`) and
-//! the compiled matcher (`Matcher::matches` and `Matcher::matches_json`).
+//! the compiled matcher (`Matcher::matches`, `Matcher::matches_json` and
+//! `Matcher::matches_trusted`).
 
 use busbar::pattern::{Limits, Matcher, Pattern};
 use serde_json::{Value, json};
@@ -41,6 +42,11 @@ fn check(pattern: &str, event: &Value, expected: bool) {
         want,
         "matches_json: {pattern} on {event}"
     );
+    assert_eq!(
+        m.matches_trusted(&bytes),
+        want,
+        "matches_trusted: {pattern} on {event}"
+    );
     // Alongside unrelated rules, the answer must not change.
     let noise =
         Pattern::parse(r#"{"source":["nothing.matches.this"],"detail":{"zz":[{"prefix":"q"}]}}"#)
@@ -50,6 +56,11 @@ fn check(pattern: &str, event: &Value, expected: bool) {
         m.matches_json(&bytes).unwrap(),
         want,
         "matches_json with noise: {pattern} on {event}"
+    );
+    assert_eq!(
+        m.matches_trusted(&bytes),
+        want,
+        "matches_trusted with noise: {pattern} on {event}"
     );
 }
 
@@ -746,6 +757,9 @@ fn matches_json_rejects_malformed_json() {
             "{:?} should be refused",
             String::from_utf8_lossy(bad)
         );
+        // The trusted path is never given such bytes by busbar; given them
+        // anyway it must not panic, and what it cannot scan matches nothing.
+        let _ = m.matches_trusted(bad);
     }
     assert_eq!(
         m.matches_json(br#" {"x":{"deep":[1,{"y":"\u00e9\ud83d\ude00"}]},"source":"a"} "#)

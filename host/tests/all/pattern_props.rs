@@ -1,5 +1,5 @@
-//! Property tests: the compiled matcher (both front doors) agrees with the
-//! reference interpreter on random patterns and random events, one rule at a
+//! Property tests: the compiled matcher (all three front doors: a parsed
+//! `Value`, validated bytes, trusted bytes) agrees with the reference interpreter on random patterns and random events, one rule at a
 //! time and many rules at once.
 //!
 //! Patterns and events draw from one small vocabulary of keys and values so that
@@ -217,6 +217,9 @@ fn check(patterns: &[Pattern], events: &[Value]) -> Result<(), TestCaseError> {
         let mut got = matcher.matches_json(e.to_string().as_bytes()).unwrap();
         got.sort();
         prop_assert_eq!(&got, &want, "matches_json() on {}", e);
+        let mut got = matcher.matches_trusted(&serde_json::to_vec(e).unwrap());
+        got.sort();
+        prop_assert_eq!(&got, &want, "matches_trusted() on {}", e);
     }
     Ok(())
 }
@@ -324,10 +327,15 @@ proptest! {
             }
         }
         let scanned = matcher.matches_json(&bytes);
+        // Whatever the bytes, the trusted path answers without panicking.
+        let trusted = matcher.matches_trusted(&bytes);
         match serde_json::from_slice::<Value>(&bytes) {
             Err(_) => prop_assert!(scanned.is_err(), "accepted {:?}", String::from_utf8_lossy(&bytes)),
             Ok(value) => {
                 let scanned = scanned.map_err(|e| TestCaseError::fail(format!("refused {:?}: {e}", String::from_utf8_lossy(&bytes))))?;
+                // On valid JSON (noise with escapes, non-ASCII and deep nesting
+                // included) the trusted and validating paths agree exactly.
+                prop_assert_eq!(&trusted, &scanned, "trusted on {:?}", String::from_utf8_lossy(&bytes));
                 // Duplicate keys are the one documented difference (serde_json
                 // keeps the last); an edit can make one.
                 if !has_duplicate_keys(&bytes) {
