@@ -2,9 +2,12 @@
 # Builds busbar's example plugins into plugins/NAME.wasm (beside each NAME.toml
 # manifest) and the test fixtures into plugins/fixtures/NAME.wasm.
 #
-# Usage: plugins/build.sh [rust] [js] [python]     (no argument: all three)
+# Usage: plugins/build.sh [rust] [js] [python] [c]    (no argument: rust js python)
 #
-# Needs only rustup/cargo, python3 (3.11+) with venv/pip, and node 20+ with npm:
+# `c` builds the C fixture (the recipe plugins/README.md documents) and needs
+# Debian's clang, lld, wasi-libc and libclang-rt-dev-wasm32 (host/tests/tools.sh
+# installs them); the rest needs only rustup/cargo, python3 (3.11+) with
+# venv/pip, and node 20+ with npm:
 # every guest toolchain is installed from its registry on first use, pinned here
 # or in a committed lock file. Later runs skip installs that are done and outputs
 # that are up to date, so an unchanged tree rebuilds in a few seconds.
@@ -129,6 +132,32 @@ build_python() {
 	publish "$built" "$here/notification.wasm"
 }
 
+build_c() {
+	step "C guest: c-counter (clang, wit-bindgen's C generator, the preview 1 adapter)"
+	need clang "install Debian's clang, lld, wasi-libc and libclang-rt-dev-wasm32 (host/tests/tools.sh does)"
+	need wasm-ld "install Debian's lld"
+	# The bindings generator and the component wrapper, built once natively.
+	CARGO_TARGET_DIR="$here/target" cargo build --locked --quiet \
+		--manifest-path "$here/c-toolkit/Cargo.toml"
+	local tool="$here/target/debug/c-toolkit"
+	local src="$here/fixtures/c-counter"
+	local built="$stage/c-counter.wasm"
+	if stale "$built" "$src" "$wit" "$here/build.sh" || [[ "$tool" -nt "$built" ]]; then
+		local gen="$stage/c-counter-bindings"
+		"$tool" bindings "$wit" "$gen"
+		# A reactor: no main, the host calls the exports.
+		clang --target=wasm32-wasi -mexec-model=reactor -O2 -I"$gen" \
+			-o "$stage/c-counter.core.wasm" "$src/counter.c" "$gen/handler.c" \
+			"$gen/handler_component_type.o"
+		"$tool" component "$stage/c-counter.core.wasm" "$stage/c-counter.partial.wasm"
+		mv -f "$stage/c-counter.partial.wasm" "$built"
+	else
+		note "c-counter sources unchanged since the last build"
+	fi
+	mkdir -p "$here/fixtures"
+	publish "$built" "$here/fixtures/c-counter.wasm"
+}
+
 parts=("$@")
 [[ ${#parts[@]} -gt 0 ]] || parts=(rust js python)
 for part in "${parts[@]}"; do
@@ -136,7 +165,8 @@ for part in "${parts[@]}"; do
 	rust) build_rust ;;
 	js) build_js ;;
 	python) build_python ;;
-	*) die "unknown part '$part' (expected rust, js or python)" ;;
+	c) build_c ;;
+	*) die "unknown part '$part' (expected rust, js, python or c)" ;;
 	esac
 done
 step "done"

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need (the
-# guest toolchains through plugins/build.sh, nats-server, awscli and boto3),
+# guest toolchains through plugins/build.sh, nats-server, the C toolchain, awscli and boto3),
 # builds the plugins and test fixtures, checks formatting and lints, then runs
 # every test. .ci/run calls exactly this.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 
-"$root/plugins/build.sh"
 "$root/host/tests/tools.sh"
+"$root/plugins/build.sh" rust js python c
 export PATH="$root/.tools/venv/bin:$PATH"
 
 # Style gates first: a formatting or lint failure is reported before the long run.

@@ -15,6 +15,19 @@ if ! command -v nats-server >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
 fi
 
+# The C plugin recipe's toolchain (plugins/build.sh c): Debian's clang with
+# the WASI sysroot and the wasm32 compiler runtime.
+if ! command -v clang >/dev/null 2>&1 || ! command -v wasm-ld >/dev/null 2>&1 ||
+    [ ! -e /usr/lib/wasm32-wasi/libc.a ] || ! ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "the C toolchain is missing; install it with: sudo apt-get install clang lld wasi-libc libclang-rt-dev-wasm32" >&2
+        exit 1
+    fi
+    echo "== installing clang, lld, wasi-libc, libclang-rt-dev-wasm32 (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang lld wasi-libc libclang-rt-dev-wasm32 >/dev/null
+fi
+
 venv="$root/.tools/venv"
 if [ ! -x "$venv/bin/aws" ] || ! "$venv/bin/python" -c "import boto3" 2>/dev/null; then
     echo "== installing awscli and boto3 into .tools/venv"

@@ -418,9 +418,12 @@ fn check_component_header(name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     }
     if head == MODULE_HEADER {
         anyhow::bail!(
-            "{name}.wasm is a core WebAssembly module, not a WebAssembly component: build it for \
-             wasm32-wasip2, or wrap it with `wasm-tools component new {name}.wasm -o {name}.wasm` \
-             (add `--adapt` with the WASI preview 1 adapter if it imports WASI)"
+            "{name}.wasm is a core WebAssembly module, not a WebAssembly component: wrap it with \
+             `wasm-tools component new {name}.wasm --adapt wasi_snapshot_preview1.reactor.wasm \
+             -o {name}.wasm` (the adapter is wasmtime's WASI preview 1 reactor adapter, also in the \
+             crate wasi-preview1-component-adapter-provider; it must have been linked with the \
+             world's type, e.g. wit-bindgen's handler_component_type.o), or build Rust for \
+             wasm32-wasip2, which makes a component directly"
         );
     }
     if head.starts_with(b"\0asm") && head.len() == 8 {

@@ -216,7 +216,12 @@ fn call_check_loads_without_calling_and_refuses_what_the_server_refuses() {
         err.contains("core.wasm is a core WebAssembly module"),
         "{err}"
     );
-    assert!(err.contains("wasm-tools component new"), "{err}");
+    assert!(
+        err.contains(
+            "wasm-tools component new core.wasm --adapt wasi_snapshot_preview1.reactor.wasm"
+        ),
+        "{err}"
+    );
 
     // A bad event is the command line's fault, found before any compiling.
     let out = busbar(&[
@@ -242,4 +247,28 @@ fn wit_prints_the_contract_the_host_is_built_with() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let shipped = std::fs::read_to_string(repo_root().join("wit/plugin.wit")).unwrap();
     assert_eq!(stdout(&out), shipped);
+}
+
+/// The C recipe of plugins/README.md (clang, wit-bindgen's C generator, the
+/// preview 1 adapter), built by `plugins/build.sh c`, runs like any plugin.
+#[test]
+fn a_c_plugin_built_by_the_documented_recipe_handles_events() {
+    let kv = tempfile::tempdir().unwrap();
+    let event = json!({"source": "shop", "detail-type": "OrderCreated", "detail": {}});
+    for expected in [1, 2] {
+        let (code, report) = call(
+            &wasm("c-counter"),
+            &event,
+            &["--kv-dir", kv.path().to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "{report}");
+        assert_eq!(
+            report["events"],
+            json!([{"source": "c-counter", "detail-type": "Counted", "detail": {"count": expected}}])
+        );
+        assert_eq!(
+            report["logs"],
+            json!([{"level": "info", "message": format!("event {expected}")}])
+        );
+    }
 }

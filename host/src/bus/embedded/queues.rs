@@ -172,7 +172,11 @@ mod tests {
         .await
         .unwrap();
         let rest = bus.take_batch("default/r/a", 10).await;
-        assert_eq!(rest.len(), 2, "the two still due, not the one retrying later");
+        assert_eq!(
+            rest.len(),
+            2,
+            "the two still due, not the one retrying later"
+        );
         let stats = &bus.queue_stats()[0];
         assert_eq!((stats.backlog, stats.in_flight), (1, 4));
     }
