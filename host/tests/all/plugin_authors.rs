@@ -272,3 +272,60 @@ fn a_c_plugin_built_by_the_documented_recipe_handles_events() {
         );
     }
 }
+
+/// The manifest reference in plugins/README.md against the code: every key
+/// the manifest has (from the defaults, serialized) is documented with its
+/// default, and the table documents no key the code does not have.
+#[test]
+fn the_manifest_reference_documents_every_key_and_default() {
+    let guide = std::fs::read_to_string(repo_root().join("plugins/README.md")).unwrap();
+    let section = guide
+        .split("### The manifest")
+        .nth(1)
+        .and_then(|rest| rest.split("\n### ").next())
+        .expect("plugins/README.md has a `### The manifest` section");
+    let defaults = toml::Value::try_from(busbar::runtime::Manifest::default()).unwrap();
+    let mut keys = Vec::new();
+    for (table, value) in defaults.as_table().unwrap() {
+        match value.as_table() {
+            Some(fields) if table != "config" => {
+                for (field, default) in fields {
+                    keys.push((format!("{table}.{field}"), render(default)));
+                }
+            }
+            _ => keys.push((table.clone(), render(value))),
+        }
+    }
+    assert!(
+        keys.iter().any(|(k, _)| k == "limits.memory_mib"),
+        "the defaults did not serialize as tables of keys: {keys:?}"
+    );
+    for (key, default) in &keys {
+        let row = format!("| `{key}` | `{default}` |");
+        assert!(
+            section.contains(&row),
+            "plugins/README.md's manifest reference lacks the row {row:?} \
+             (a key, or its default, changed in host/src/runtime/manifest.rs)"
+        );
+    }
+    let documented: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    for name in documented {
+        assert!(
+            keys.iter().any(|(k, _)| k == name),
+            "plugins/README.md documents manifest key {name:?}, which the manifest does not have"
+        );
+    }
+}
+
+/// A default as the reference writes it: TOML's own spelling.
+fn render(value: &toml::Value) -> String {
+    match value {
+        toml::Value::Table(t) if t.is_empty() => "{}".into(),
+        toml::Value::Array(a) if a.is_empty() => "[]".into(),
+        other => other.to_string(),
+    }
+}
