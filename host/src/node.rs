@@ -57,6 +57,8 @@ pub struct Node {
     pub clock: Arc<crate::clock::Clock>,
     /// Scheduled rules and schedules: one timer for all of them.
     pub scheduler: Arc<crate::schedule::Scheduler>,
+    /// The Scheduler API's schedules and groups.
+    pub schedules: Arc<crate::schedule::api::Schedules>,
 }
 
 /// How [`Node::start_with`] starts.
@@ -117,6 +119,16 @@ impl Node {
         rules
             .replace_config(config.rules()?, config.buses())
             .context("rules in the config file")?;
+        // Before the dispatcher starts: the rules of plugin-targeted schedules
+        // must be there when their queued deliveries are looked at.
+        let schedules = crate::schedule::api::Schedules::new(bus.kv(), rules.clone());
+        let schedule_jobs = {
+            let s = schedules.clone();
+            tokio::task::spawn_blocking(move || s.reload(true))
+                .await?
+                .context("reading the schedules")?
+                .unwrap_or_default()
+        };
         let runtime = Runtime::new(
             RuntimeConfig {
                 plugins_dir: config.server.plugins_dir.clone(),
@@ -189,10 +201,15 @@ impl Node {
             bus.kv(),
             Arc::new(crate::schedule::fire::NodeSink {
                 publisher: publisher.clone(),
+                schedules: schedules.clone(),
             }),
         );
         scheduler.start();
+        scheduler
+            .replace(crate::schedule::api::JOB_PREFIX, schedule_jobs)
+            .await;
         tokio::spawn(follow_scheduled_rules(rules.clone(), scheduler.clone()));
+        tokio::spawn(follow_schedules(schedules.clone(), scheduler.clone()));
         let node = Arc::new(Node {
             config,
             config_path,
@@ -218,6 +235,7 @@ impl Node {
             plugins_loaded,
             clock,
             scheduler,
+            schedules,
         });
         node.spawn_tail_forwarder();
         node.spawn_retention();
@@ -242,6 +260,11 @@ impl Node {
             .into_iter()
             .map(|r| r.map(|_rules| ()))
             .collect()
+    }
+
+    /// Applies the stored schedule definitions now (after this node changed them).
+    pub async fn refresh_schedules(&self) -> Result<(), crate::runtime::KvError> {
+        refresh_schedules(&self.schedules, &self.scheduler, true).await
     }
 
     fn spawn_tail_forwarder(self: &Arc<Self>) {
@@ -388,6 +411,38 @@ async fn follow_scheduled_rules(rules: Arc<RuleSet>, scheduler: Arc<crate::sched
             break;
         }
     }
+}
+
+/// Follows the schedules' revision counter: a schedule changed through any
+/// node (on JetStream, any node of the cluster) reaches this node's scheduler
+/// within a second.
+async fn follow_schedules(
+    schedules: Arc<crate::schedule::api::Schedules>,
+    scheduler: Arc<crate::schedule::Scheduler>,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Err(e) = refresh_schedules(&schedules, &scheduler, false).await {
+            tracing::warn!(error = %e, "cannot read the schedules; trying again");
+        }
+    }
+}
+
+async fn refresh_schedules(
+    schedules: &Arc<crate::schedule::api::Schedules>,
+    scheduler: &crate::schedule::Scheduler,
+    force: bool,
+) -> Result<(), crate::runtime::KvError> {
+    let s = schedules.clone();
+    let jobs = tokio::task::spawn_blocking(move || s.reload(force))
+        .await
+        .map_err(|e| crate::runtime::KvError::Store(e.to_string()))??;
+    if let Some(jobs) = jobs {
+        scheduler
+            .replace(crate::schedule::api::JOB_PREFIX, jobs)
+            .await;
+    }
+    Ok(())
 }
 
 /// Applies rule and bus changes made through other nodes to this node's rule

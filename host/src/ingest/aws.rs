@@ -133,15 +133,8 @@ async fn call(node: &Node, headers: &HeaderMap, body: Body) -> Result<Value> {
     } else {
         Scope::Admin
     };
-    auth::check(&node.config.server, headers, scope).map_err(|d| AwsError {
-        status: d.status,
-        kind: if d.status == StatusCode::FORBIDDEN {
-            "AccessDeniedException"
-        } else {
-            "UnrecognizedClientException"
-        },
-        message: d.message,
-    })?;
+    auth::check(&node.config.server, headers, scope)
+        .map_err(|d| AwsError::denied(d.status, d.message))?;
     let bytes = read_body(headers, body, node.config.limits.max_body_bytes)
         .await
         .map_err(|e| match e {
@@ -304,19 +297,24 @@ fn next_token(last: &str) -> String {
 }
 
 fn read_token(p: &mut Params) -> Result<Option<String>> {
-    let Some(token) = p.str("NextToken")? else {
-        return Ok(None);
-    };
+    p.str("NextToken")?.map(|t| decode_token(&t)).transpose()
+}
+
+/// The last name a paging token stands for.
+pub(super) fn decode_token(token: &str) -> Result<String> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token.as_bytes())
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .map(Some)
         .ok_or_else(|| AwsError::validation("The NextToken provided is not valid."))
 }
 
 /// One page of `items` (sorted by key) after `token`.
-fn page<T>(items: Vec<(String, T)>, token: Option<&str>, limit: usize) -> (Vec<T>, Option<String>) {
+pub(super) fn page<T>(
+    items: Vec<(String, T)>,
+    token: Option<&str>,
+    limit: usize,
+) -> (Vec<T>, Option<String>) {
     let mut rest: Vec<(String, T)> = items
         .into_iter()
         .filter(|(k, _)| token.is_none_or(|t| k.as_str() > t))
@@ -572,8 +570,10 @@ fn rule_json(ctx: &Ctx<'_>, r: &Rule) -> Value {
     if let Some(d) = &r.description {
         v["Description"] = Value::String(d.clone());
     }
-    if r.origin == RuleOrigin::Config {
-        v["ManagedBy"] = Value::String("busbar config file".into());
+    match r.origin {
+        RuleOrigin::Config => v["ManagedBy"] = Value::String("busbar config file".into()),
+        RuleOrigin::Schedule => v["ManagedBy"] = Value::String("scheduler.amazonaws.com".into()),
+        RuleOrigin::Api => {}
     }
     v
 }

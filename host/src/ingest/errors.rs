@@ -108,6 +108,21 @@ impl AwsError {
     }
 }
 
+impl AwsError {
+    /// A refused token, as the exception botocore knows for it.
+    pub fn denied(status: StatusCode, message: String) -> Self {
+        AwsError {
+            status,
+            kind: if status == StatusCode::FORBIDDEN {
+                "AccessDeniedException"
+            } else {
+                "UnrecognizedClientException"
+            },
+            message,
+        }
+    }
+}
+
 impl From<ChangeError> for AwsError {
     fn from(e: ChangeError) -> Self {
         match e {

@@ -5,6 +5,7 @@
 //! | `POST /events` | native JSON ([`native`]); CloudEvents when the content type or `ce-specversion` says so | publish |
 //! | `POST /` + `X-Amz-Target: AWSEvents.<Op>` | the EventBridge API, AWS JSON 1.1 ([`aws`]) | publish for PutEvents, admin for the rest |
 //! | `POST /cloudevents` | CloudEvents 1.0 structured, binary and batch ([`cloudevents`]) | publish |
+//! | `/schedules*`, `/schedule-groups*` | the EventBridge Scheduler API, restJson1 ([`scheduler`]) | admin |
 //! | `/v1/*` | the admin JSON API ([`admin`]), including `GET /v1/tail` (SSE, [`tail`]) | admin |
 //! | `GET /metrics`, `GET /healthz`, `GET /readyz` | Prometheus text and probes ([`metrics`], [`health`]) | none |
 //!
@@ -22,6 +23,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod native;
+pub mod scheduler;
 pub mod tail;
 
 use crate::event::{Event, EventError};
@@ -141,6 +143,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .merge(scheduler::router())
         .nest("/v1", admin)
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -185,6 +188,7 @@ fn surface_of(path: &str) -> &'static str {
         "/events" => "native",
         "/cloudevents" => "cloudevents",
         p if p.starts_with("/v1") => "admin",
+        p if p.starts_with("/schedule") => "scheduler",
         _ => "other",
     }
 }

@@ -57,13 +57,9 @@ impl RuleAdmin {
             );
         }
         if let Some(old) = self.set.get(&rule.bus, &rule.name)
-            && old.origin == RuleOrigin::Config
+            && old.origin != RuleOrigin::Api
         {
-            return Err(RuleError::Conflict(format!(
-                "rule {} is defined in the config file; change it there",
-                rule.name
-            ))
-            .into());
+            return Err(RuleError::Conflict(super::set::managed_elsewhere(&old, "change")).into());
         }
         self.store.put_rule(&rule).await?;
         Ok(self.set.put(rule, false)?)
@@ -77,11 +73,10 @@ impl RuleAdmin {
                 ))
                 .into());
             }
-            Some(r) if r.origin == RuleOrigin::Config => {
-                return Err(RuleError::Conflict(format!(
-                    "rule {name} is defined in the config file; remove it there"
-                ))
-                .into());
+            Some(r) if r.origin != RuleOrigin::Api => {
+                return Err(
+                    RuleError::Conflict(super::set::managed_elsewhere(&r, "remove")).into(),
+                );
             }
             Some(r) if !r.targets.is_empty() => {
                 return Err(RuleError::Conflict(format!(
@@ -109,11 +104,8 @@ impl RuleAdmin {
             ))
             .into());
         };
-        if rule.origin == RuleOrigin::Config {
-            return Err(RuleError::Conflict(format!(
-                "rule {name} is defined in the config file; change it there"
-            ))
-            .into());
+        if rule.origin != RuleOrigin::Api {
+            return Err(RuleError::Conflict(super::set::managed_elsewhere(&rule, "change")).into());
         }
         f(&mut rule)?;
         self.set.validate(&rule)?;

@@ -54,6 +54,14 @@ pub struct Rule {
     pub origin: RuleOrigin,
 }
 
+impl Rule {
+    /// False for rules whose events are routed to them by name (scheduled
+    /// rules and schedules' rules): they are left out of the matcher.
+    pub fn matches_events(&self) -> bool {
+        self.schedule.is_none() && self.origin != RuleOrigin::Schedule
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RuleState {
@@ -68,6 +76,10 @@ pub enum RuleOrigin {
     #[default]
     Api,
     Config,
+    /// Managed by a schedule of the Scheduler API whose target is a plugin:
+    /// it matches no events, carries the schedule's ticks, and is kept by the
+    /// schedule (not stored as a rule).
+    Schedule,
 }
 
 /// A target of a rule: a plugin, how its input is shaped, how failures are retried.

@@ -125,6 +125,7 @@ impl RuleSet {
                     .map_err(|e| RuleError::Invalid(e.message))?;
                 None
             }
+            None if rule.origin == RuleOrigin::Schedule => None,
             None => Some(
                 Pattern::parse_with(&rule.pattern, &self.limits).map_err(|e| {
                     RuleError::InvalidPattern(format!("Event pattern is not valid. Reason: {e}"))
@@ -191,7 +192,7 @@ impl RuleSet {
                 );
             }
             // A scheduled rule matches no events: its ticks are routed to it by name.
-            if rule.state != RuleState::Enabled || rule.schedule.is_some() {
+            if rule.state != RuleState::Enabled || !rule.matches_events() {
                 continue;
             }
             // Rules were validated on the way in; a rule that no longer parses (a lowered
@@ -247,11 +248,8 @@ impl RuleSet {
             }
             let key = (rule.bus.clone(), rule.name.clone());
             if let Some(old) = c.rules.get(&key) {
-                if old.origin == RuleOrigin::Config && rule.origin == RuleOrigin::Api {
-                    return Err(RuleError::Conflict(format!(
-                        "rule {} is defined in the config file; change it there",
-                        rule.name
-                    )));
+                if old.origin != RuleOrigin::Api && rule.origin == RuleOrigin::Api {
+                    return Err(RuleError::Conflict(managed_elsewhere(old, "change")));
                 }
                 if keep_targets {
                     rule.targets = old.targets.clone();
@@ -275,6 +273,43 @@ impl RuleSet {
             }
             Ok(())
         });
+    }
+
+    /// Makes the rules managed by schedules exactly `rules` (the schedules
+    /// whose target is a plugin, after a change of schedules).
+    pub fn replace_managed(&self, rules: Vec<Rule>) -> Result<(), RuleError> {
+        for r in &rules {
+            self.validate(r)?;
+        }
+        let wanted: BTreeMap<(String, String), Rule> = rules
+            .into_iter()
+            .map(|r| ((r.bus.clone(), r.name.clone()), r))
+            .collect();
+        let current: BTreeMap<(String, String), Rule> = self
+            .current
+            .load()
+            .rules
+            .iter()
+            .filter(|(_, r)| r.origin == RuleOrigin::Schedule)
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        // Most reloads change nothing here: skip recompiling the matchers then.
+        if current == wanted {
+            return Ok(());
+        }
+        self.change(|c| {
+            c.rules.retain(|_, r| r.origin != RuleOrigin::Schedule);
+            for (key, rule) in wanted {
+                if c.rules.contains_key(&key) {
+                    return Err(RuleError::Conflict(format!(
+                        "rule {} already exists, so the schedule's rule of that name cannot be made; rename the schedule or the rule",
+                        rule.name
+                    )));
+                }
+                c.rules.insert(key, rule);
+            }
+            Ok(())
+        })
     }
 
     /// Replaces every rule that came from the config file with `rules` (a reload).
@@ -309,9 +344,9 @@ impl RuleSet {
                 None => Err(RuleError::NotFound(format!(
                     "Rule {name} does not exist on EventBus {bus}."
                 ))),
-                Some(r) if r.origin == RuleOrigin::Config => Err(RuleError::Conflict(format!(
-                    "rule {name} is defined in the config file; remove it there"
-                ))),
+                Some(r) if r.origin != RuleOrigin::Api => {
+                    Err(RuleError::Conflict(managed_elsewhere(r, "remove")))
+                }
                 Some(_) => {
                     removed = c.rules.remove(&key);
                     Ok(())
@@ -394,6 +429,20 @@ impl RuleSet {
     /// The rule and target behind a queue key, as configured now.
     pub fn target(&self, queue: &str) -> Option<(Rule, Target)> {
         self.current.load().targets.get(queue).cloned()
+    }
+}
+
+/// Why a rule the API did not make cannot be changed through it.
+pub fn managed_elsewhere(rule: &Rule, verb: &str) -> String {
+    match rule.origin {
+        RuleOrigin::Config => format!(
+            "rule {} is defined in the config file; {verb} it there",
+            rule.name
+        ),
+        _ => format!(
+            "rule {} belongs to a schedule of the Scheduler API; {verb} the schedule instead",
+            rule.name
+        ),
     }
 }
 

@@ -2,6 +2,7 @@
 //! publish path, so a scheduled event is archived, tailed and delivered like
 //! any other, and each target's Input, InputPath or input transformer shapes it.
 
+use super::api::{Schedules, TargetKind};
 use super::{Action, Job, Sink};
 use crate::event::{DEFAULT_ACCOUNT, DEFAULT_REGION, Event};
 use crate::publish::{PublishOptions, Publisher};
@@ -14,9 +15,13 @@ use std::sync::Arc;
 pub const SCHEDULED_SOURCE: &str = "aws.events";
 pub const SCHEDULED_DETAIL_TYPE: &str = "Scheduled Event";
 
+/// Where the Scheduler API's plugin-targeted schedules' events come from.
+pub const SCHEDULER_SOURCE: &str = "aws.scheduler";
+
 /// The node's [`Sink`]: publishes each tick.
 pub struct NodeSink {
     pub publisher: Arc<Publisher>,
+    pub schedules: Arc<Schedules>,
 }
 
 /// An event time as EventBridge writes it (UTC, whole seconds).
@@ -66,14 +71,83 @@ impl Sink for NodeSink {
                     ..Default::default()
                 },
             ),
-            Action::Schedule { .. } => {
-                return Err("schedules of the Scheduler API are not served by this node".into());
+            Action::Schedule { group, name } => {
+                let def = self
+                    .schedules
+                    .get(group, name)
+                    .ok_or_else(|| format!("schedule {group}/{name} no longer exists"))?;
+                let detail = match def.target.input.as_deref().map(serde_json::from_str) {
+                    None => json!({}),
+                    Some(Ok(v @ serde_json::Value::Object(_))) => v,
+                    // A plugin takes any Input; a detail is always an object.
+                    Some(Ok(other)) => json!({ "input": other }),
+                    Some(Err(e)) => return Err(format!("Input is not JSON: {e}")),
+                };
+                let mut event = scheduled_rule_event(
+                    event_id,
+                    scheduled_ms,
+                    crate::event::DEFAULT_BUS,
+                    &def.arn(),
+                    &def.region,
+                );
+                event.detail = detail;
+                match &def.target.kind {
+                    TargetKind::Bus {
+                        bus,
+                        source,
+                        detail_type,
+                    } => {
+                        event.bus = bus.clone();
+                        event.source = source.clone();
+                        event.detail_type = detail_type.clone();
+                        (event, PublishOptions::default())
+                    }
+                    TargetKind::Plugin { .. } => {
+                        event.source = SCHEDULER_SOURCE.into();
+                        (
+                            event,
+                            PublishOptions {
+                                to_rule: Some(super::api::managed_rule_name(group, name)),
+                                ..Default::default()
+                            },
+                        )
+                    }
+                }
             }
         };
         match self.publisher.publish(vec![event], &options).await.pop() {
             Some(Ok(_)) => Ok(()),
             Some(Err(e)) => Err(format!("{}: {}", e.code(), e.message())),
             None => Err("the publish answered nothing".into()),
+        }
+    }
+
+    /// ActionAfterCompletion DELETE: the schedule goes once it has no next fire.
+    async fn completed(&self, job: &Job) {
+        let Action::Schedule { group, name } = &job.action else {
+            return;
+        };
+        if !self
+            .schedules
+            .get(group, name)
+            .is_some_and(|d| d.delete_after_completion)
+        {
+            return;
+        }
+        let schedules = self.schedules.clone();
+        let (g, n) = (group.clone(), name.clone());
+        // The revision moves with the delete: every node's scheduler (this
+        // one too) drops the job at its next look at the definitions.
+        let done =
+            tokio::task::spawn_blocking(move || schedules.store.delete_schedule(&g, &n)).await;
+        match done {
+            Ok(Ok(_)) => tracing::info!(schedule = %job.id, "deleted after its last fire"),
+            Ok(Err(e)) => {
+                tracing::warn!(schedule = %job.id, error = %e, "not deleted after completion")
+            }
+            Err(e) => {
+                tracing::warn!(schedule = %job.id, error = %e, "not deleted after completion")
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! - [`expr`]: `rate()`, `cron()` and `at()`, and the next fire after a moment.
 //! - [`state`]: the durable state of each schedule (next fire, last fire, claim).
+//! - [`api`]: the Scheduler API's schedules and groups, kept in the kv store.
+//! - [`fire`]: the events a tick publishes on a node.
 //! - The [`Scheduler`] itself: every schedule of the node in one table ordered
 //!   by due time, and ONE task that sleeps until the earliest is due (on the
 //!   node's [`Clock`], so tests move time instead of waiting). Many schedules
@@ -19,6 +21,7 @@
 //! What a fire does is the [`Sink`]'s business: `node.rs` publishes the
 //! scheduled event through the ordinary publish path.
 
+pub mod api;
 pub mod expr;
 pub mod fire;
 pub mod state;

@@ -7,6 +7,7 @@
 //! in the archive show exactly what the plugin received.
 
 mod rules;
+mod scheduler;
 
 use crate::aws_cli::{isolated, venv_bin};
 use crate::harness::server::TestServer;
