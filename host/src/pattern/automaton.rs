@@ -36,42 +36,55 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const NONE: u32 = u32::MAX;
 
-#[derive(Default)]
-struct Affix {
+/// Values keyed by byte strings that are looked up by every prefix (or
+/// suffix) of an event's value: one hash probe per distinct key length.
+struct Affix<V = u32> {
     /// Distinct key lengths, ascending.
     lens: Vec<usize>,
-    map: FxHashMap<Box<[u8]>, Vec<u32>>,
+    map: FxHashMap<Box<[u8]>, Vec<V>>,
 }
 
-impl Affix {
-    fn insert(&mut self, key: &str, pred: u32) {
+impl<V> Default for Affix<V> {
+    fn default() -> Self {
+        Affix {
+            lens: Vec::new(),
+            map: FxHashMap::default(),
+        }
+    }
+}
+
+impl<V: PartialEq> Affix<V> {
+    fn insert(&mut self, key: &[u8], value: V) {
         let len = key.len();
         if let Err(at) = self.lens.binary_search(&len) {
             self.lens.insert(at, len);
         }
-        push_unique(self.map.entry(key.as_bytes().into()).or_default(), pred);
+        let list = self.map.entry(key.into()).or_default();
+        if list.last() != Some(&value) {
+            list.push(value);
+        }
     }
 
     #[inline]
-    fn prefixes_of(&self, v: &[u8], hit: &mut impl FnMut(u32)) {
+    fn prefixes_of(&self, v: &[u8], hit: &mut impl FnMut(&V)) {
         for &len in &self.lens {
             if len > v.len() {
                 break;
             }
-            if let Some(preds) = self.map.get(&v[..len]) {
-                preds.iter().for_each(|&p| hit(p));
+            if let Some(found) = self.map.get(&v[..len]) {
+                found.iter().for_each(&mut *hit);
             }
         }
     }
 
     #[inline]
-    fn suffixes_of(&self, v: &[u8], hit: &mut impl FnMut(u32)) {
+    fn suffixes_of(&self, v: &[u8], hit: &mut impl FnMut(&V)) {
         for &len in &self.lens {
             if len > v.len() {
                 break;
             }
-            if let Some(preds) = self.map.get(&v[v.len() - len..]) {
-                preds.iter().for_each(|&p| hit(p));
+            if let Some(found) = self.map.get(&v[v.len() - len..]) {
+                found.iter().for_each(&mut *hit);
             }
         }
     }
@@ -103,7 +116,10 @@ struct PathIndex {
     equals_ic: FxHashMap<Box<[u8]>, Vec<u32>>,
     numeric: Vec<(Range, u32)>,
     cidr: Vec<(Cidr, u32)>,
-    wildcard: Vec<(Wildcard, u32)>,
+    /// Wildcards by the literal text before their first star: a value only
+    /// tries those whose literal start it begins with (a leading star files
+    /// under the empty text, tried for every value).
+    wildcard: Affix<(Wildcard, u32)>,
     anything_but: Vec<(AnythingBut, u32)>,
 }
 
@@ -119,16 +135,16 @@ impl PathIndex {
             Test::ExactBool(true) => push_unique(&mut self.exact_true, pred),
             Test::ExactBool(false) => push_unique(&mut self.exact_false, pred),
             Test::ExactNull => push_unique(&mut self.exact_null, pred),
-            Test::Prefix(s) => self.prefix.insert(s, pred),
-            Test::Suffix(s) => self.suffix.insert(s, pred),
-            Test::PrefixIc(s) => self.prefix_ic.insert(s, pred),
-            Test::SuffixIc(s) => self.suffix_ic.insert(s, pred),
+            Test::Prefix(s) => self.prefix.insert(s.as_bytes(), pred),
+            Test::Suffix(s) => self.suffix.insert(s.as_bytes(), pred),
+            Test::PrefixIc(s) => self.prefix_ic.insert(s.as_bytes(), pred),
+            Test::SuffixIc(s) => self.suffix_ic.insert(s.as_bytes(), pred),
             Test::EqualsIc(s) => {
                 push_unique(self.equals_ic.entry(s.as_bytes().into()).or_default(), pred)
             }
             Test::Numeric(r) => self.numeric.push((*r, pred)),
             Test::Cidr(c) => self.cidr.push((*c, pred)),
-            Test::Wildcard(w) => self.wildcard.push((w.clone(), pred)),
+            Test::Wildcard(w) => self.wildcard.insert(w.literal_start(), (w.clone(), pred)),
             Test::AnythingBut(a) => self.anything_but.push((a.clone(), pred)),
             // Absence never reaches a path index: it became a `neg` path.
             Test::Exists(true) => push_unique(&mut self.any, pred),
@@ -149,8 +165,8 @@ impl PathIndex {
                 if let Some(preds) = self.exact_str.get(bytes) {
                     preds.iter().for_each(|&p| hit(p));
                 }
-                self.prefix.prefixes_of(bytes, hit);
-                self.suffix.suffixes_of(bytes, hit);
+                self.prefix.prefixes_of(bytes, &mut |&p| hit(p));
+                self.suffix.suffixes_of(bytes, &mut |&p| hit(p));
                 if self.needs_lower() {
                     lower.clear();
                     lower.extend(s.chars().flat_map(char::to_lowercase));
@@ -162,14 +178,14 @@ impl PathIndex {
                     if let Some(preds) = self.equals_ic.get(lb) {
                         preds.iter().for_each(|&p| hit(p));
                     }
-                    self.prefix_ic.prefixes_of(lb, hit);
-                    self.suffix_ic.suffixes_of(lb, hit);
+                    self.prefix_ic.prefixes_of(lb, &mut |&p| hit(p));
+                    self.suffix_ic.suffixes_of(lb, &mut |&p| hit(p));
                 }
-                for (w, p) in &self.wildcard {
+                self.wildcard.prefixes_of(bytes, &mut |(w, p)| {
                     if w.matches(s) {
                         hit(*p);
                     }
-                }
+                });
                 if !self.cidr.is_empty()
                     && let Some(ip) = parse_ip(s)
                 {

@@ -309,7 +309,11 @@ impl<const TRUSTED: bool> Scanner<'_, TRUSTED> {
                 return Err(Malformed);
             }
             let start = i + 1;
-            let (end, escaped, dotted) = string_at::<true>(b, i)?;
+            let (end, escaped, dotted) = if TRUSTED {
+                super::skip::key_at(b, i).ok_or(Malformed)?
+            } else {
+                string_at::<true>(b, i)?
+            };
             let child = if escaped {
                 self.unescape(start, end)?;
                 trie.step(node, &self.buf)
@@ -513,7 +517,8 @@ impl<const TRUSTED: bool> Scanner<'_, TRUSTED> {
                 b'r' => '\r',
                 b't' => '\t',
                 _ => {
-                    let hi = hex4(&b[i..i + 4])?;
+                    // Bounded: on trusted bytes this span was never validated.
+                    let hi = hex4(b.get(i..i + 4).ok_or(Malformed)?)?;
                     i += 4;
                     let code = if (0xD800..0xDC00).contains(&hi) {
                         if b.get(i) != Some(&b'\\') || b.get(i + 1) != Some(&b'u') || i + 6 > end {

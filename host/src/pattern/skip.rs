@@ -61,15 +61,58 @@ pub(crate) fn string_end(b: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// At a member key's opening quote: the position of its closing quote, whether
+/// it has escapes and whether it has a raw `.` (so the path automaton knows to
+/// split it). Trusted bytes need no check for controls or UTF-8.
+#[inline]
+pub(crate) fn key_at(b: &[u8], i: usize) -> Option<(usize, bool, bool)> {
+    let mut i = i + 1;
+    let (mut escaped, mut dotted) = (false, false);
+    loop {
+        while let Some(w) = b.get(i..i + 8) {
+            let x = word(w);
+            let m = eq_bytes(x, b'"') | eq_bytes(x, b'\\') | eq_bytes(x, b'.');
+            if m != 0 {
+                i += (m.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        match b.get(i)? {
+            b'"' => return Some((i, escaped, dotted)),
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            b'.' => {
+                dotted = true;
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+}
+
+/// The high bit of every `"`, `[`, `]`, `{` and `}` in `x`.
+#[inline(always)]
+fn structural(x: u64) -> u64 {
+    // `[`/`{` and `]`/`}` differ only in bit 5.
+    let folded = x | (ONES * 0x20);
+    eq_bytes(x, b'"') | eq_bytes(folded, b'{') | eq_bytes(folded, b'}')
+}
+
 /// At `[` or `{`: the position just after the matching close.
 fn container_end(b: &[u8], mut i: usize) -> Option<usize> {
     let mut depth = 0u32;
     loop {
-        if let Some(w) = b.get(i..i + 8) {
-            let x = word(w);
-            // `[`/`{` and `]`/`}` differ only in bit 5.
-            let folded = x | (ONES * 0x20);
-            let mut m = eq_bytes(x, b'"') | eq_bytes(folded, b'{') | eq_bytes(folded, b'}');
+        if let Some(w) = b.get(i..i + 16) {
+            // Two words per round: most of a skipped number array is digits,
+            // and one branch per sixteen bytes keeps the loop short.
+            let mut m = structural(word(&w[..8]));
+            if m == 0 {
+                i += 8;
+                m = structural(word(&w[8..]));
+            }
             loop {
                 if m == 0 {
                     i += 8;
@@ -93,6 +136,14 @@ fn container_end(b: &[u8], mut i: usize) -> Option<usize> {
                 m &= m - 1;
             }
             continue;
+        }
+        if let Some(w) = b.get(i..i + 8) {
+            let m = structural(word(w));
+            if m == 0 {
+                i += 8;
+                continue;
+            }
+            i += (m.trailing_zeros() / 8) as usize;
         }
         match b.get(i)? {
             b'"' => i = string_end(b, i)?,

@@ -40,6 +40,11 @@ impl Wildcard {
         Ok(Wildcard { pieces })
     }
 
+    /// The literal text every matching value starts with (before the first star).
+    pub fn literal_start(&self) -> &[u8] {
+        &self.pieces[0]
+    }
+
     /// Glob matching with `*` only: the first piece anchors at the start, the last
     /// at the end, and the middle ones are found leftmost-first in order, which is
     /// exact for this grammar and linear in the value.
