@@ -10,6 +10,7 @@ mod plugins;
 mod put;
 mod replay;
 mod rules;
+mod schedules;
 mod serve;
 mod tail;
 mod test_pattern;
@@ -40,7 +41,7 @@ Getting started:
   busbar rules put big --pattern '{\"detail\": {\"total\": [{\"numeric\": [\">\", 200]}]}}' --plugin rewards
   busbar tail                                   watch events and deliveries live
 
-The client commands (put, rules, plugins, dlq, replay, tail) reach the node at
+The client commands (put, rules, plugins, schedules, dlq, replay, tail) reach the node at
 --url or BUSBAR_URL (default http://127.0.0.1:8080) and send --token or
 BUSBAR_TOKEN as a bearer token. Every listing takes --json for scripts.
 Writing a plugin:
@@ -66,6 +67,8 @@ pub enum Command {
     Plugins(plugins::PluginsArgs),
     /// Inspect, redrive and purge dead-lettered deliveries.
     Dlq(dlq::DlqArgs),
+    /// Show every schedule: next and last fire, last outcome, missed fires.
+    Schedules(schedules::SchedulesArgs),
     /// Replay archived events of a time range, and follow replays.
     Replay(replay::ReplayArgs),
     /// Watch events and delivery outcomes live.
@@ -90,6 +93,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Plugins(args) => plugins::run(args),
         Command::Dlq(args) => dlq::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Schedules(args) => schedules::run(args),
         Command::Tail(args) => tail::run(args),
     };
     result.unwrap_or_else(|e| {

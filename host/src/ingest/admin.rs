@@ -7,6 +7,8 @@
 //!   without `targets` the rule keeps the targets it has.
 //! - `GET /v1/buses`, `GET|PUT|DELETE /v1/buses/{name}` (`PUT` body: `{"description"?}`).
 //! - `GET /v1/targets`: every target's queue, worker pool and delivery statistics.
+//! - `GET /v1/schedules[?prefix=&after=&limit=]`: every schedule the node runs, with
+//!   its next and last fire, last outcome and missed fires, ordered by id.
 //! - `GET /v1/dlq[?after=ID&limit=N]`, `GET|DELETE /v1/dlq/{id}`, `DELETE /v1/dlq`
 //!   (purge all), `POST /v1/dlq/redrive` (`{"ids": [..]}`, or `{}` for all).
 //! - `POST /v1/replays`, `GET /v1/replays`, `GET /v1/replays/{name}`.
@@ -62,6 +64,7 @@ pub fn router() -> Router<Arc<Node>> {
             get(get_bus).put(put_bus).delete(delete_bus),
         )
         .route("/targets", get(targets))
+        .route("/schedules", get(list_schedules))
         .route("/dlq", get(list_dlq).delete(purge_dlq))
         .route("/dlq/redrive", post(redrive))
         .route("/dlq/{id}", get(get_dead_letter).delete(delete_dead_letter))
@@ -247,6 +250,27 @@ async fn delete_rule(
     let (bus, name) = path(p)?;
     node.admin.delete_rule(&bus, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct SchedulesQuery {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_schedules(
+    State(node): NodeState,
+    q: Result<Query<SchedulesQuery>, QueryRejection>,
+) -> Result<Json<Value>> {
+    let q = query(q)?;
+    let limit = page_limit(q.limit)?;
+    let schedules = node
+        .scheduler
+        .list(&q.prefix, q.after.as_deref(), limit)
+        .await;
+    Ok(Json(json!({"schedules": schedules})))
 }
 
 async fn list_buses(State(node): NodeState) -> Json<Value> {

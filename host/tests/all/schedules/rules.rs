@@ -235,4 +235,34 @@ input_transformer = { input_paths_map = { time = "$.time" }, input_template = '{
     });
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(scheduled(&s).len(), 3, "{:?}", scheduled(&s));
+
+    // Visible: /v1/schedules, `busbar schedules` and the Prometheus counters.
+    let listed = s.get("/v1/schedules?prefix=rule/").json();
+    let rows = listed["schedules"].as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["rule/default/from-api", "rule/default/from-config"]);
+    assert_eq!(rows[1]["fires"], 2);
+    assert_eq!(rows[1]["last_outcome"], "ok");
+    assert_eq!(
+        secs_between(&rows[1]["last_fire"], &rows[1]["next_fire"]),
+        3600,
+        "{listed}"
+    );
+    let out = std::process::Command::new(crate::harness::busbar_bin())
+        .args(["schedules", "--url", &s.url])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.starts_with("ID"), "{text}");
+    assert!(
+        text.contains("rule/default/from-config  rate(1 hour)"),
+        "{text}"
+    );
+    // The recorder is the process's, shared by every test node: count only its presence.
+    let metrics = s.get("/metrics").text;
+    assert!(
+        metrics.contains("busbar_schedule_fires_total{outcome=\"ok\"}"),
+        "{metrics}"
+    );
 }
