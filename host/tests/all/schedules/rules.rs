@@ -266,3 +266,29 @@ input_transformer = { input_paths_map = { time = "$.time" }, input_template = '{
         "{metrics}"
     );
 }
+
+#[test]
+fn the_example_configs_hourly_canary_pays_through_payment_check() {
+    let text =
+        std::fs::read_to_string(crate::harness::repo_root().join("examples/busbar.toml")).unwrap();
+    let s = TestServer::start_toml(&text, |_| {});
+    std::fs::copy(
+        wasm("payment-check"),
+        s.plugins().join("payment-check.wasm"),
+    )
+    .unwrap();
+    let canaries = || {
+        s.archived()
+            .into_iter()
+            .filter(|e| e["source"] == "payment-service" && e["detail"]["id"] == "canary")
+            .collect::<Vec<Value>>()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    advance(&s, 61 * MIN);
+    eventually("the canary payment", Duration::from_secs(60), || {
+        (canaries().len() == 1).then_some(())
+    });
+    let paid = &canaries()[0];
+    assert_eq!(paid["detail-type"], "PaymentSucceeded");
+    assert_eq!(paid["detail"]["amount"], 1);
+}
