@@ -156,6 +156,19 @@ build_c() {
 	fi
 	mkdir -p "$here/fixtures"
 	publish "$built" "$here/fixtures/c-counter.wasm"
+
+	# A component of another world, for the tests of the errors authors meet.
+	local wrong="$here/fixtures/wrong-world"
+	built="$stage/wrong-world.wasm"
+	if stale "$built" "$wrong" "$here/build.sh" || [[ "$tool" -nt "$built" ]]; then
+		"$tool" bindings "$wrong/wit" "$stage/wrong-world-bindings"
+		clang --target=wasm32-wasi -mexec-model=reactor -O2 -I"$stage/wrong-world-bindings" \
+			-o "$stage/wrong-world.core.wasm" "$wrong/wrong.c" \
+			"$stage/wrong-world-bindings/handler.c" "$stage/wrong-world-bindings/handler_component_type.o"
+		"$tool" component "$stage/wrong-world.core.wasm" "$stage/wrong-world.partial.wasm"
+		mv -f "$stage/wrong-world.partial.wasm" "$built"
+	fi
+	publish "$built" "$here/fixtures/wrong-world.wasm"
 }
 
 parts=("$@")

@@ -30,6 +30,7 @@ mod manifest;
 mod pool;
 mod registry;
 mod watch;
+mod world_check;
 
 pub use call::{MAX_OUTPUT_BYTES, MAX_OUTPUT_EVENTS};
 pub use errors::{CallError, EXPORT, FailureKind};

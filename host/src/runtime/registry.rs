@@ -267,8 +267,7 @@ impl Runtime {
         let pre = match pre {
             Ok(p) => p,
             Err(e) => {
-                let msg =
-                    format!("{name}.wasm does not fit the busbar:plugin `handler` world: {e}");
+                let msg = super::world_check::explain(name, &self.engine, &component, &e);
                 return self.fail(&entry, msg, Some((hash, manifest)));
             }
         };

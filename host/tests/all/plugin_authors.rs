@@ -190,16 +190,21 @@ fn call_takes_config_kv_and_recorded_http_from_the_command_line() {
     assert_eq!(report["http"][0]["url"], "http://hooks.example.com/ping");
 }
 
-#[test]
-fn call_check_loads_without_calling_and_refuses_what_the_server_refuses() {
+/// `busbar call PLUGIN --check`.
+fn check(plugin: &Path) -> Output {
     let cache = plugin_cache();
-    let out = busbar(&[
+    busbar(&[
         "call",
-        wasm("testkit").to_str().unwrap(),
+        plugin.to_str().unwrap(),
         "--check",
         "--cache",
         cache.to_str().unwrap(),
-    ]);
+    ])
+}
+
+#[test]
+fn call_check_loads_without_calling_and_refuses_what_the_server_refuses() {
+    let out = check(&wasm("testkit"));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("busbar:plugin/kv@0.1.0"), "{text}");
@@ -209,7 +214,7 @@ fn call_check_loads_without_calling_and_refuses_what_the_server_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    let out = busbar(&["call", core.to_str().unwrap(), "--check"]);
+    let out = check(&core);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -219,6 +224,25 @@ fn call_check_loads_without_calling_and_refuses_what_the_server_refuses() {
     assert!(
         err.contains(
             "wasm-tools component new core.wasm --adapt wasi_snapshot_preview1.reactor.wasm"
+        ),
+        "{err}"
+    );
+
+    // Another world: every problem at once, in the contract's words.
+    let out = check(&wasm("wrong-world"));
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("it imports `acme:wrong/clock@0.1.0`, which busbar does not provide"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the world expects `handle: func(event: event, delivery: delivery) -> result<list<new-event>, handler-error>`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "the component exports `handle: func(detail: string) -> result<list<string>, string>`"
         ),
         "{err}"
     );
@@ -236,7 +260,7 @@ fn call_check_loads_without_calling_and_refuses_what_the_server_refuses() {
     // A plugin name that no rule could name.
     let odd = dir.path().join("fraud score.wasm");
     std::fs::copy(wasm("testkit"), &odd).unwrap();
-    let out = busbar(&["call", odd.to_str().unwrap(), "--check"]);
+    let out = check(&odd);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("file's stem"), "{}", stderr(&out));
 }
