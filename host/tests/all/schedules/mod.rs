@@ -6,6 +6,7 @@
 //! transformer that copies the envelope into the detail, so the echoed events
 //! in the archive show exactly what the plugin received.
 
+mod cluster;
 mod rules;
 mod scheduler;
 
