@@ -31,7 +31,7 @@ fn rss_kib() -> u64 {
 }
 
 fn job(i: usize, anchor: i64) -> Job {
-    let text = if i % 2 == 0 {
+    let text = if i.is_multiple_of(2) {
         format!("rate({} minutes)", 2 + i % 500)
     } else {
         format!("cron({} {} ? * MON-FRI *)", i % 60, i % 24)
