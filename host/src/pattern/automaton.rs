@@ -8,8 +8,9 @@
 //! field-name automaton), and each path gets a [`PathIndex`] over the values
 //! found there: hash maps for exact strings and numbers and for the lower-cased
 //! forms, hash maps keyed by every distinct prefix (or suffix) length for
-//! `prefix`/`suffix`, and short lists for the operators that need evaluating
-//! (`numeric`, `cidr`, `wildcard`, `anything-but`).
+//! `prefix`/`suffix` (and, by the literal text before the first star, for
+//! `wildcard`), ranges sorted by lower bound for `numeric`, and short lists
+//! for the operators that need evaluating (`cidr`, `anything-but`).
 //!
 //! Matching walks the event along the trie (fields no rule reads are skipped),
 //! looks each value up in its path's index and records the predicates it fires.
@@ -28,7 +29,7 @@
 use super::cidr::{Cidr, parse_ip};
 use super::flatten::{self, Malformed, PathTrie, Sink, Trail};
 use super::hash::FxHashMap;
-use super::numbers::{Range, number_key};
+use super::numbers::{RangeIndex, number_key};
 use super::parse::{AnythingBut, Conj, Scalar, Test};
 use super::wildcard::Wildcard;
 use std::cell::RefCell;
@@ -114,7 +115,7 @@ struct PathIndex {
     prefix_ic: Affix,
     suffix_ic: Affix,
     equals_ic: FxHashMap<Box<[u8]>, Vec<u32>>,
-    numeric: Vec<(Range, u32)>,
+    numeric: RangeIndex,
     cidr: Vec<(Cidr, u32)>,
     /// Wildcards by the literal text before their first star: a value only
     /// tries those whose literal start it begins with (a leading star files
@@ -142,7 +143,7 @@ impl PathIndex {
             Test::EqualsIc(s) => {
                 push_unique(self.equals_ic.entry(s.as_bytes().into()).or_default(), pred)
             }
-            Test::Numeric(r) => self.numeric.push((*r, pred)),
+            Test::Numeric(r) => self.numeric.insert(*r, pred),
             Test::Cidr(c) => self.cidr.push((*c, pred)),
             Test::Wildcard(w) => self.wildcard.insert(w.literal_start(), (w.clone(), pred)),
             Test::AnythingBut(a) => self.anything_but.push((a.clone(), pred)),
@@ -200,11 +201,7 @@ impl PathIndex {
                 if let Some(preds) = self.exact_num.get(&number_key(n)) {
                     preds.iter().for_each(|&p| hit(p));
                 }
-                for (r, p) in &self.numeric {
-                    if r.contains(n) {
-                        hit(*p);
-                    }
-                }
+                self.numeric.containing(n, hit);
             }
             Scalar::Bool(true) => self.exact_true.iter().for_each(|&p| hit(p)),
             Scalar::Bool(false) => self.exact_false.iter().for_each(|&p| hit(p)),
@@ -316,6 +313,10 @@ impl Compiled {
                     neg: neg.into(),
                 });
             }
+        }
+
+        for index in &mut paths {
+            index.numeric.finish();
         }
 
         // Each sub-rule is filed under one key predicate only: the one the fewest

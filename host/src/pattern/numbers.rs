@@ -36,6 +36,57 @@ impl Range {
     }
 }
 
+/// Every `numeric` range tested at one path, sorted so that a value finds the
+/// ranges holding it without trying the others: ranges are ordered by lower
+/// bound, a binary search finds the last one starting at or below the value,
+/// and the walk back stops where no earlier range reaches the value. Disjoint
+/// ranges (10,000 price bands) cost a search and a step or two; a set where
+/// one range is unbounded above still walks back to it.
+#[derive(Default)]
+pub(crate) struct RangeIndex {
+    ranges: Vec<(Range, u32)>,
+    /// `reach[i]`: the highest upper bound among `ranges[..=i]`.
+    reach: Vec<f64>,
+}
+
+impl RangeIndex {
+    pub fn insert(&mut self, range: Range, pred: u32) {
+        self.ranges.push((range, pred));
+        self.reach.clear();
+    }
+
+    /// Sorts after the last insert; lookups need it.
+    pub fn finish(&mut self) {
+        let low = |r: &Range| r.lower.map_or(f64::NEG_INFINITY, |b| b.value);
+        self.ranges.sort_by(|a, b| low(&a.0).total_cmp(&low(&b.0)));
+        let mut reach = f64::NEG_INFINITY;
+        self.reach = self
+            .ranges
+            .iter()
+            .map(|(r, _)| {
+                reach = reach.max(r.upper.map_or(f64::INFINITY, |b| b.value));
+                reach
+            })
+            .collect();
+    }
+
+    #[inline]
+    pub fn containing(&self, n: f64, hit: &mut impl FnMut(u32)) {
+        let end = self
+            .ranges
+            .partition_point(|(r, _)| r.lower.is_none_or(|b| b.value <= n));
+        for j in (0..end).rev() {
+            if self.reach[j] < n {
+                break;
+            }
+            let (r, p) = &self.ranges[j];
+            if r.contains(n) {
+                hit(*p);
+            }
+        }
+    }
+}
+
 /// The hash key of an exact number: its bits, with `-0` folded into `0` so the
 /// two compare equal as they do numerically.
 #[inline]
@@ -46,6 +97,54 @@ pub(crate) fn number_key(n: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn range_index_finds_what_a_scan_finds() {
+        let bound = |value: f64, inclusive: bool| Some(Bound { value, inclusive });
+        let ranges = [
+            Range {
+                lower: bound(0.0, true),
+                upper: bound(10.0, false),
+            },
+            Range {
+                lower: bound(5.0, false),
+                upper: bound(6.0, true),
+            },
+            Range {
+                lower: None,
+                upper: bound(-3.0, true),
+            },
+            Range {
+                lower: bound(100.0, true),
+                upper: None,
+            },
+            Range::equal(7.5),
+            Range {
+                lower: bound(-10.0, false),
+                upper: bound(200.0, false),
+            },
+            Range {
+                lower: bound(10.0, true),
+                upper: bound(11.0, true),
+            },
+        ];
+        let mut index = RangeIndex::default();
+        for (p, r) in ranges.iter().enumerate() {
+            index.insert(*r, p as u32);
+        }
+        index.finish();
+        for n in [
+            -20.0, -10.0, -3.0, -2.5, 0.0, 5.0, 5.5, 6.0, 7.5, 10.0, 11.0, 99.0, 100.0, 1e9,
+        ] {
+            let mut got = Vec::new();
+            index.containing(n, &mut |p| got.push(p));
+            got.sort();
+            let want: Vec<u32> = (0..ranges.len() as u32)
+                .filter(|&p| ranges[p as usize].contains(n))
+                .collect();
+            assert_eq!(got, want, "at {n}");
+        }
+    }
 
     #[test]
     fn open_and_closed_bounds() {
