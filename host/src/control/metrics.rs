@@ -202,6 +202,7 @@ mod tests {
                 p99_ms: 0.456,
             },
             plugin_loaded: true,
+            plugin_state: "loaded",
             last_scaling: None,
         }
     }

@@ -86,6 +86,12 @@ pub trait Handler: Send + Sync {
     /// target's deliveries stay queued (until they outgrow their maximum age).
     fn ready(&self) -> bool;
 
+    /// Whether the handler does not exist at all (a plugin with no `.wasm`
+    /// file), as opposed to not being ready yet.
+    fn missing(&self) -> bool {
+        false
+    }
+
     /// The concurrency this handler wants; `None` while that is not known
     /// (a plugin not loaded yet).
     fn bounds(&self) -> Option<Bounds>;
@@ -124,6 +130,10 @@ struct PluginHandler {
 impl Handler for PluginHandler {
     fn ready(&self) -> bool {
         self.runtime.is_loaded(&self.plugin)
+    }
+
+    fn missing(&self) -> bool {
+        !self.runtime.has_plugin_file(&self.plugin)
     }
 
     fn bounds(&self) -> Option<Bounds> {

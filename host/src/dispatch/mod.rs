@@ -205,6 +205,17 @@ impl Dispatcher {
                     }
                 }
                 None => {
+                    if self.handlers.resolve(&target.plugin).missing() {
+                        tracing::warn!(
+                            rule = %queue,
+                            plugin = %target.plugin,
+                            "the target names plugin {:?}, which is not in the plugins directory: its \
+                             deliveries stay queued until {}.wasm appears (a plugin's name is its \
+                             .wasm file's stem)",
+                            target.plugin,
+                            target.plugin
+                        );
+                    }
                     let mut pool = Pool {
                         concurrency: watch::channel(default.clamp(min, max)).0,
                         default: default.clamp(min, max),

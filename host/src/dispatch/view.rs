@@ -52,6 +52,10 @@ pub struct TargetView {
     pub stats: StatsSnapshot,
     /// Whether the handler can take deliveries (its plugin is loaded).
     pub plugin_loaded: bool,
+    /// `loaded`, `not_loaded` (its `.wasm` is there but no version serves:
+    /// loading, or failed) or `plugin_missing` (no `NAME.wasm` in the plugins
+    /// directory: a typo in the rule, or a file named after something else).
+    pub plugin_state: &'static str,
     pub last_scaling: Option<ScalingDecision>,
 }
 
@@ -85,6 +89,14 @@ impl Dispatcher {
             .iter()
             .map(|(queue, (rule, target))| {
                 let pool = pools.get(queue);
+                let handler = self.handlers.resolve(&target.plugin);
+                let plugin_state = if handler.ready() {
+                    "loaded"
+                } else if handler.missing() {
+                    "plugin_missing"
+                } else {
+                    "not_loaded"
+                };
                 let q = queues.remove(queue).unwrap_or_default();
                 TargetView {
                     queue: queue.clone(),
@@ -99,7 +111,8 @@ impl Dispatcher {
                     in_flight: q.in_flight,
                     oldest_age_ms: q.oldest_age_ms,
                     stats: pool.map(|p| p.stats.snapshot()).unwrap_or_default(),
-                    plugin_loaded: self.handlers.resolve(&target.plugin).ready(),
+                    plugin_loaded: plugin_state == "loaded",
+                    plugin_state,
                     last_scaling: pool.and_then(|p| p.last_scaling.clone()),
                 }
             })
@@ -136,6 +149,7 @@ mod tests {
                 p99_ms: 3.0,
             },
             plugin_loaded: true,
+            plugin_state: "loaded",
             last_scaling: Some(ScalingDecision {
                 at: "2025-01-01T00:00:00Z".into(),
                 from: 1,
@@ -166,6 +180,7 @@ mod tests {
             "p50_ms": 0.4,
             "p99_ms": 3.0,
             "plugin_loaded": true,
+            "plugin_state": "loaded",
             "last_scaling": {
                 "at": "2025-01-01T00:00:00Z",
                 "from": 1,

@@ -178,6 +178,13 @@ impl Runtime {
         Some(names)
     }
 
+    /// Whether `NAME.wasm` is in the plugins directory (loaded or not).
+    pub fn has_plugin_file(&self, plugin: &str) -> bool {
+        valid_name(plugin)
+            && std::fs::symlink_metadata(self.config.plugins_dir.join(format!("{plugin}.wasm")))
+                .is_ok()
+    }
+
     fn entry(&self, name: &str) -> Arc<Entry> {
         self.plugins
             .entry(name.to_string())

@@ -353,3 +353,40 @@ fn render(value: &toml::Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// A rule whose target names a plugin with no `.wasm` says so in
+/// `/v1/targets` (`plugin_missing`) instead of only growing a backlog, and
+/// turns `loaded` once the file arrives under that name.
+#[test]
+fn a_target_naming_a_missing_plugin_is_shown_as_plugin_missing() {
+    use crate::harness::{eventually, server::TestServer};
+    use std::time::Duration;
+    let server = TestServer::start_toml(
+        r#"
+[[rules]]
+name = "score"
+pattern = '{"source": ["shop"]}'
+
+[[rules.targets]]
+id = "fraud"
+plugin = "fraud-score"
+"#,
+        |_| {},
+    );
+    let target = server
+        .target("default/score/fraud")
+        .expect("the target is listed");
+    assert_eq!(target["plugin_state"], "plugin_missing", "{target}");
+    assert_eq!(target["plugin_loaded"], false, "{target}");
+
+    // The file under another stem is another plugin: still missing.
+    std::fs::copy(wasm("testkit"), server.plugins().join("fraud_score.wasm")).unwrap();
+    let target = server.target("default/score/fraud").unwrap();
+    assert_eq!(target["plugin_state"], "plugin_missing", "{target}");
+
+    std::fs::copy(wasm("testkit"), server.plugins().join("fraud-score.wasm")).unwrap();
+    eventually("fraud-score to load", Duration::from_secs(60), || {
+        let t = server.target("default/score/fraud")?;
+        (t["plugin_state"] == "loaded").then_some(())
+    });
+}
