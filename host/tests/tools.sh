@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the external programs the integration tests talk to: Debian's
-# nats-server (for the JetStream tests) and, from PyPI into .tools/venv, the
-# real awscli and boto3 (for the EventBridge API tests). Idempotent.
+# nats-server (for the JetStream tests), chromium and chromium-driver (the
+# console's browser tests drive a real Chromium over WebDriver) and, from PyPI
+# into .tools/venv, the real awscli and boto3 (for the EventBridge API tests).
+# Idempotent.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 
@@ -26,6 +28,16 @@ if ! command -v clang >/dev/null 2>&1 || ! command -v wasm-ld >/dev/null 2>&1 ||
     echo "== installing clang, lld, wasi-libc, libclang-rt-dev-wasm32 (apt)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang lld wasi-libc libclang-rt-dev-wasm32 >/dev/null
+fi
+
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "chromium is missing; install it with: sudo apt-get install chromium chromium-driver" >&2
+        exit 1
+    fi
+    echo "== installing chromium and chromium-driver (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
 venv="$root/.tools/venv"

@@ -8,6 +8,7 @@
 //! | `/schedules*`, `/schedule-groups*` | the EventBridge Scheduler API, restJson1 ([`scheduler`]) | admin |
 //! | `/v1/*` | the admin JSON API ([`admin`]), including `GET /v1/tail` (SSE, [`tail`]) | admin |
 //! | `GET /metrics`, `GET /healthz`, `GET /readyz` | Prometheus text and probes ([`metrics`], [`health`]) | none |
+//! | `GET /console` (and `GET /` redirecting there) | the web console's pages ([`console`]); their data comes from `/v1` | none (the pages ask for the admin token) |
 //!
 //! Every publishing surface turns its input into [`Event`]s the same way and
 //! hands them to [`Node::publish`], so an event is acknowledged only once it is
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod auth;
 pub mod aws;
 pub mod cloudevents;
+pub mod console;
 pub mod errors;
 pub mod health;
 pub mod limits;
@@ -132,12 +134,15 @@ pub fn router(node: Arc<Node>) -> Router {
     if node.config.metrics.prometheus {
         metrics::install();
     }
-    let admin = admin::router().route_layer(middleware::from_fn_with_state(
-        node.clone(),
-        admin::require_admin,
-    ));
+    let admin = admin::router()
+        .merge(console::admin_routes(&node))
+        .route_layer(middleware::from_fn_with_state(
+            node.clone(),
+            admin::require_admin,
+        ));
     Router::new()
-        .route("/", post(aws::handle))
+        .route("/", post(aws::handle).get(console::to_console))
+        .merge(console::pages())
         .route("/events", post(native::handle))
         .route("/cloudevents", post(cloudevents::handle))
         .route("/metrics", get(metrics::render))

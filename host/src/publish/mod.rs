@@ -13,6 +13,7 @@ use crate::bus::{Bus, PublishError, RoutedEvent};
 use crate::event::Event;
 use crate::rules::RuleSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Options of one publish call.
 #[derive(Debug, Clone, Default)]
@@ -52,11 +53,22 @@ pub fn route(
 pub struct Publisher {
     rules: Arc<RuleSet>,
     bus: Arc<dyn Bus>,
+    /// Events made durable through this publisher, for the console's plots.
+    published: AtomicU64,
 }
 
 impl Publisher {
     pub fn new(rules: Arc<RuleSet>, bus: Arc<dyn Bus>) -> Publisher {
-        Publisher { rules, bus }
+        Publisher {
+            rules,
+            bus,
+            published: AtomicU64::new(0),
+        }
+    }
+
+    /// How many events this publisher has made durable since the node started.
+    pub fn published_total(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
     }
 
     /// The rules events are routed by.
@@ -101,6 +113,8 @@ impl Publisher {
         if !routed.is_empty() {
             match self.bus.publish(routed).await {
                 Ok(out) => {
+                    let durable = out.iter().filter(|r| r.is_ok()).count();
+                    self.published.fetch_add(durable as u64, Ordering::Relaxed);
                     for ((slot, r), names) in slots.iter().zip(out).zip(rules) {
                         results[*slot] = Some(r.map(|()| names));
                     }

@@ -18,6 +18,7 @@ mod aws_cli;
 mod cli;
 mod cli_e2e;
 mod cluster;
+mod console;
 mod crash;
 mod e2e;
 mod hardening;
