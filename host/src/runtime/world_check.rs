@@ -80,8 +80,8 @@ pub fn explain(
             let found = signature("handle", func);
             if found != EXPECTED_LOWERED {
                 problems.push(format!(
-                    "the world expects `{EXPECTED_HANDLE}`\n  where event, delivery, new-event and \
-                     handler-error are the records of busbar:plugin/types@0.1.0 (`busbar wit`);\n  \
+                    "the world expects `{EXPECTED_HANDLE}` (event, delivery, new-event and \
+                     handler-error being the records of busbar:plugin/types@0.1.0: `busbar wit`), \
                      the component exports `{found}`"
                 ));
             }
@@ -90,13 +90,16 @@ pub fn explain(
             "its `handle` export is not a function; the world expects `{EXPECTED_HANDLE}`"
         )),
     }
-    let mut out = format!("{name}.wasm does not fit the busbar:plugin `handler` world:");
-    for p in &problems {
-        out.push_str("\n- ");
-        out.push_str(p);
-    }
-    out.push_str(&format!("\n(wasmtime: {error})"));
-    out
+    // One line, as every load error is: it is shown in tables and logs.
+    let listed: Vec<String> = problems
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("({}) {p}", i + 1))
+        .collect();
+    format!(
+        "{name}.wasm does not fit the busbar:plugin `handler` world: {} (wasmtime: {error})",
+        listed.join("; ")
+    )
 }
 
 fn signature(name: &str, func: &ComponentFunc) -> String {
