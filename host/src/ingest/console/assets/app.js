@@ -41,6 +41,8 @@ function route() {
   if (unmount) unmount();
   unmount = null;
   closeDrawer();
+  // A page's notices are about that page: they go with it.
+  document.getElementById("toasts").replaceChildren();
   current = { id: page[0], arg };
   for (const a of nav.querySelectorAll("a")) {
     if (a.dataset.page === page[0]) a.setAttribute("aria-current", "page");

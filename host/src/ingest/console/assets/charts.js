@@ -12,7 +12,7 @@ function cssVar(name) {
 
 /// A chart titled `title` with one line per series label; returns the element
 /// (put it in the page) and `set(xs, ys[])` to give it data (xs in seconds).
-export function lineChart(title, labels, { unit = "", stepped = false } = {}) {
+export function lineChart(title, labels, { unit = "", stepped = false, colors = PALETTE } = {}) {
   const plot = h("div", { class: "plot" });
   const box = h("div", { class: "chart", dataset: { chart: title } }, h("h2", {}, title), plot);
   let chart = null;
@@ -27,14 +27,16 @@ export function lineChart(title, labels, { unit = "", stepped = false } = {}) {
       legend: { show: labels.length > 1, live: false },
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] } },
-      axes: [axis, { ...axis, size: 50, values: (u, vals) => vals.map((v) => `${+v.toFixed(2)}${unit}`) }],
+      // Wall-clock labels (14:05:10): the plots span minutes, not milliseconds.
+      axes: [{ ...axis, space: 70, values: (u, vals) => vals.map((v) => new Date(v * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" })) },
+        { ...axis, size: 60, values: (u, vals) => vals.map((v) => `${+v.toFixed(2)}${unit}`) }],
       series: [
         {},
         ...labels.map((label, i) => ({
           label,
-          stroke: PALETTE[i % PALETTE.length],
+          stroke: colors[i % colors.length],
           width: 1.5,
-          fill: labels.length === 1 ? `${PALETTE[i % PALETTE.length]}22` : undefined,
+          fill: labels.length === 1 ? `${colors[i % colors.length]}22` : undefined,
           paths: stepped ? uPlot.paths.stepped({ align: 1 }) : undefined,
           points: { show: false },
         })),

@@ -12,7 +12,7 @@ export default function overview(view) {
   const cards = h("div", { class: "cards", id: "overview-cards" });
   const charts = {
     events: lineChart("Events in (per second)", ["events/s"]),
-    deliveries: lineChart("Deliveries by outcome (per second)", ["delivered/s", "failed/s"]),
+    deliveries: lineChart("Deliveries by outcome (per second)", ["delivered/s", "failed/s"], { colors: ["#16a34a", "#dc2626"] }),
     backlog: lineChart("Backlog (deliveries waiting)", ["backlog"]),
     p99: lineChart("p99 handling time (slowest target)", ["p99"], { unit: " ms" }),
   };
