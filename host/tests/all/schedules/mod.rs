@@ -7,6 +7,7 @@
 //! in the archive show exactly what the plugin received.
 
 mod cluster;
+mod restart;
 mod rules;
 mod scheduler;
 
