@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the external programs the integration tests talk to: Debian's
 # nats-server (for the JetStream tests), chromium and chromium-driver (the
-# console's browser tests drive a real Chromium over WebDriver) and, from PyPI
+# console's browser tests drive a real Chromium over WebDriver), clang, lld,
+# wasi-libc and the wasm32 compiler runtime (the C plugin recipe,
+# plugins/build.sh c) and, from PyPI
 # into .tools/venv, the real awscli and boto3 (for the EventBridge API tests).
 # Idempotent.
 set -euo pipefail
