@@ -39,10 +39,12 @@ export default function targets(view) {
     const names = [...new Set(samples.flatMap((s) => Object.keys(s.targets)))].sort();
     if (names.join("|") !== queues || !plots) {
       queues = names.join("|");
+      // Queues are bus/rule/target; on the default bus the rule and target say it all.
+      const labels = names.map((n) => n.replace(/^default\//, ""));
       if (plots) plots.forEach((p) => p.destroy());
       plots = [
-        lineChart("Concurrency per target (autoscaler decisions as steps)", names, { stepped: true }),
-        lineChart("Backlog per target", names),
+        lineChart("Concurrency per target (autoscaler decisions as steps)", labels, { stepped: true }),
+        lineChart("Backlog per target", labels),
       ];
       clear(charts, plots.map((p) => p.node));
     }
