@@ -147,18 +147,38 @@ function tester(patternText) {
     out);
 }
 
-/// Whether the pattern matches the event, from the node (EventBridge's TestEventPattern).
+/// Why the pattern does or does not match the event: the node's explanation
+/// (POST /v1/explain), each alternative with each field's values and verdict.
+/// A node without that route still gives the verdict (TestEventPattern).
 async function verdict(pattern, event) {
+  try {
+    return explainView(await request("POST", "/v1/explain", { event, pattern }));
+  } catch (e) {
+    if (!(e.status === 404 && e.message.includes("no route"))) return h("p", { class: "field-error" }, e.message);
+  }
   try {
     const r = await request("POST", "/", { EventPattern: pattern, Event: JSON.stringify(event) }, {
       headers: { "X-Amz-Target": "AWSEvents.TestEventPattern", "Content-Type": "application/x-amz-json-1.1" },
     });
-    return r.Result
-      ? h("p", { class: "verdict ok" }, "✓ The pattern matches this event.")
-      : h("p", { class: "verdict no" }, "✗ The pattern does not match this event.");
+    return h("div", {}, said(r.Result), h("p", { class: "muted small" }, "This node gives the verdict only (it has no /v1/explain)."));
   } catch (e) {
     return h("p", { class: "field-error" }, e.message);
   }
+}
+
+const said = (matched) => (matched
+  ? h("p", { class: "verdict ok" }, "✓ The pattern matches this event.")
+  : h("p", { class: "verdict no" }, "✗ The pattern does not match this event."));
+
+function explainView(x) {
+  const many = x.alternatives.length > 1;
+  return h("div", {}, said(x.matched),
+    x.alternatives.map((alt, i) => h("div", { class: `alt ${alt.matched ? "ok" : "no"}` },
+      many ? h("b", {}, `Alternative ${i + 1}: ${alt.matched ? "matches" : "does not match"}`) : "",
+      h("ul", {}, alt.fields.map((f) => h("li", { class: f.matched ? "ok" : "no" },
+        h("code", {}, f.path), " ", f.matched ? "✓ " : "✗ ", f.why,
+        f.found.length ? h("span", { class: "muted" }, ` (found ${f.found.map((v) => JSON.stringify(v)).join(", ")})`) : ""))),
+      alt.why ? h("p", { class: "muted small" }, alt.why) : "")));
 }
 
 const enc = encodeURIComponent;
