@@ -9,8 +9,8 @@
 //! found there: hash maps for exact strings and numbers and for the lower-cased
 //! forms, hash maps keyed by every distinct prefix (or suffix) length for
 //! `prefix`/`suffix` (and, by the literal text before the first star, for
-//! `wildcard`), ranges sorted by lower bound for `numeric`, and short lists
-//! for the operators that need evaluating (`cidr`, `anything-but`).
+//! `wildcard`), ranges sorted by first value for `numeric` and `cidr`, and a
+//! short list for `anything-but`, evaluated one by one.
 //!
 //! Matching walks the event along the trie (fields no rule reads are skipped),
 //! looks each value up in its path's index and records the predicates it fires.
@@ -26,7 +26,7 @@
 //! are stamped with a generation number, so nothing is cleared or allocated per
 //! event once it has warmed up.
 
-use super::cidr::{Cidr, parse_ip};
+use super::cidr::{CidrIndex, parse_ip};
 use super::flatten::{self, Malformed, PathTrie, Sink, Trail};
 use super::hash::FxHashMap;
 use super::numbers::{RangeIndex, number_key};
@@ -116,7 +116,7 @@ struct PathIndex {
     suffix_ic: Affix,
     equals_ic: FxHashMap<Box<[u8]>, Vec<u32>>,
     numeric: RangeIndex,
-    cidr: Vec<(Cidr, u32)>,
+    cidr: CidrIndex,
     /// Wildcards by the literal text before their first star: a value only
     /// tries those whose literal start it begins with (a leading star files
     /// under the empty text, tried for every value).
@@ -144,7 +144,7 @@ impl PathIndex {
                 push_unique(self.equals_ic.entry(s.as_bytes().into()).or_default(), pred)
             }
             Test::Numeric(r) => self.numeric.insert(*r, pred),
-            Test::Cidr(c) => self.cidr.push((*c, pred)),
+            Test::Cidr(c) => self.cidr.insert(*c, pred),
             Test::Wildcard(w) => self.wildcard.insert(w.literal_start(), (w.clone(), pred)),
             Test::AnythingBut(a) => self.anything_but.push((a.clone(), pred)),
             // Absence never reaches a path index: it became a `neg` path.
@@ -190,11 +190,7 @@ impl PathIndex {
                 if !self.cidr.is_empty()
                     && let Some(ip) = parse_ip(s)
                 {
-                    for (c, p) in &self.cidr {
-                        if c.contains(ip) {
-                            hit(*p);
-                        }
-                    }
+                    self.cidr.containing(ip, hit);
                 }
             }
             Scalar::Num(n) => {
@@ -317,6 +313,7 @@ impl Compiled {
 
         for index in &mut paths {
             index.numeric.finish();
+            index.cidr.finish();
         }
 
         // Each sub-rule is filed under one key predicate only: the one the fewest

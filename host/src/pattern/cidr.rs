@@ -72,6 +72,65 @@ impl Cidr {
     }
 }
 
+/// Every `cidr` range tested at one path, sorted by (family, first address)
+/// with the running highest last address of the family, so an address finds
+/// the ranges holding it by binary search and a short walk back: CIDR blocks
+/// are nested or disjoint, so the walk meets only blocks around the address.
+#[derive(Default)]
+pub(crate) struct CidrIndex {
+    ranges: Vec<(Cidr, u32)>,
+    reach: Vec<u128>,
+}
+
+impl CidrIndex {
+    pub fn insert(&mut self, cidr: Cidr, pred: u32) {
+        self.ranges.push((cidr, pred));
+        self.reach.clear();
+    }
+
+    /// Sorts after the last insert; lookups need it.
+    pub fn finish(&mut self) {
+        self.ranges.sort_by_key(|(c, _)| (c.v6, c.low));
+        let mut reach = (false, 0u128);
+        self.reach = self
+            .ranges
+            .iter()
+            .map(|(c, _)| {
+                reach = if reach.0 == c.v6 {
+                    (c.v6, reach.1.max(c.high))
+                } else {
+                    (c.v6, c.high)
+                };
+                reach.1
+            })
+            .collect();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    #[inline]
+    pub fn containing(&self, ip: IpAddr, hit: &mut impl FnMut(u32)) {
+        let (v6, n) = match ip {
+            IpAddr::V4(a) => (false, u32::from(a) as u128),
+            IpAddr::V6(a) => (true, u128::from(a)),
+        };
+        let end = self
+            .ranges
+            .partition_point(|(c, _)| (c.v6, c.low) <= (v6, n));
+        for j in (0..end).rev() {
+            let (c, p) = &self.ranges[j];
+            if c.v6 != v6 || self.reach[j] < n {
+                break;
+            }
+            if c.contains(ip) {
+                hit(*p);
+            }
+        }
+    }
+}
+
 /// Parses an event value as an address; cheap rejection first, since most
 /// strings at a path with a `cidr` rule are addresses and the rest are not close.
 #[inline]
@@ -85,6 +144,48 @@ pub(crate) fn parse_ip(value: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_finds_what_a_scan_finds() {
+        let texts = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.0.0.9/24",
+            "192.168.0.0/16",
+            "0.0.0.0/0",
+            "2001:db8::/32",
+            "::/0",
+        ];
+        let cidrs: Vec<Cidr> = texts.iter().map(|t| Cidr::parse(t).unwrap()).collect();
+        let mut index = CidrIndex::default();
+        for (p, c) in cidrs.iter().enumerate() {
+            index.insert(*c, p as u32);
+        }
+        index.finish();
+        for ip in [
+            "10.0.0.5",
+            "10.0.0.9",
+            "10.0.0.200",
+            "10.1.2.3",
+            "10.1.9.9",
+            "10.2.0.1",
+            "192.168.5.5",
+            "8.8.8.8",
+            "2001:db8::1",
+            "2001:db9::1",
+            "::1",
+        ] {
+            let addr = parse_ip(ip).unwrap();
+            let mut got = Vec::new();
+            index.containing(addr, &mut |p| got.push(p));
+            got.sort();
+            let want: Vec<u32> = (0..cidrs.len() as u32)
+                .filter(|&p| cidrs[p as usize].contains(addr))
+                .collect();
+            assert_eq!(got, want, "at {ip}");
+        }
+    }
 
     #[test]
     fn v4_range() {
