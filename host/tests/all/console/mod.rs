@@ -443,6 +443,14 @@ async fn scenarios(s: &TestServer) {
     );
     b.screenshot("overview").await;
 
+    // The keyboard: a page's number opens it.
+    b.find("body").await.send_keys("3").await.unwrap();
+    b.until(
+        "the plugins page by key",
+        "return document.querySelector('#view').dataset.page === 'plugins'",
+    )
+    .await;
+
     // A phone-width window keeps every page usable.
     b.resize(390, 844).await;
     b.goto(&format!("{console}#/overview")).await;
