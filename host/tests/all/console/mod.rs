@@ -479,3 +479,57 @@ async fn scenarios(s: &TestServer) {
     b.screenshot("rules-narrow").await;
     b.close().await;
 }
+
+/// With an admin token configured, the console asks for it once, keeps it for
+/// the tab (a reload does not ask again) and sends it as a header: no cookie.
+#[test]
+fn the_console_asks_for_the_admin_token_once_per_tab() {
+    let s = TestServer::start_with(|c| c.server.admin_token = Some("s3cret".into()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let b = Browser::start(1280, 800).await;
+        b.goto(&format!("{}/console#/rules", s.url)).await;
+        b.until(
+            "the token dialog",
+            "return document.querySelector('#token-dialog').open",
+        )
+        .await;
+        let why = b
+            .js(
+                "return document.querySelector('#token-why').textContent",
+                vec![],
+            )
+            .await;
+        assert!(
+            why.as_str().unwrap().contains("admin token"),
+            "the node's reason is shown: {why}"
+        );
+        b.screenshot("token").await;
+        b.fill("#token-input", "s3cret").await;
+        b.click("#token-form button[type=submit]").await;
+        b.until(
+            "the rules with the token",
+            "return document.querySelector('#rules-list table')",
+        )
+        .await;
+        b.client.refresh().await.unwrap();
+        b.until(
+            "the rules after a reload",
+            "return document.querySelector('#rules-list table')",
+        )
+        .await;
+        let asked = b
+            .js(
+                "return document.querySelector('#token-dialog').open",
+                vec![],
+            )
+            .await;
+        assert_eq!(asked, json!(false), "the tab kept its token");
+        let cookies = b.js("return document.cookie", vec![]).await;
+        assert_eq!(cookies, json!(""), "no cookie holds the token");
+        b.close().await;
+    });
+}

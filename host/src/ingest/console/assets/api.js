@@ -31,7 +31,8 @@ function askToken(why) {
     asking = new Promise((resolve) => {
       const dialog = document.getElementById("token-dialog");
       const input = document.getElementById("token-input");
-      document.getElementById("token-why").textContent = why;
+      document.getElementById("token-why").textContent =
+        `This node asks for a token; it is kept for this tab only. The node said: ${why}`;
       input.value = "";
       dialog.addEventListener("close", () => {
         const t = input.value.trim();
